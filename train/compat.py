@@ -1,0 +1,19 @@
+"""Compatibility shim for Quaterion 0.1.35 on torch >= 2.x.
+
+Quaterion imports the private type variable ``T_co`` from ``torch.utils.data.dataloader`` and
+``torch.utils.data.dataset``; newer torch releases no longer define it there, so ``import
+quaterion`` fails with ImportError. Defining the same covariant TypeVar restores the import; it is
+only used in type annotations. Import this module before anything from ``quaterion``.
+(quaterion-models, the serving side, needs no shim.)
+"""
+
+from typing import TypeVar
+
+import torch.utils.data.dataloader as _dataloader
+import torch.utils.data.dataset as _dataset
+
+T_co = TypeVar("T_co", covariant=True)
+
+for _module in (_dataloader, _dataset):
+    if not hasattr(_module, "T_co"):
+        _module.T_co = T_co

@@ -1,0 +1,173 @@
+"""Datasets, the novel-class split and Quaterion data loaders.
+
+Two layouts are read: torchvision's `StanfordCars` (train and test splits merged, as in
+Quaterion's tutorial) and any ImageFolder tree (`DIR/<class name>/<image>`), which is how users
+bring their own cars. Images stay on disk as paths until a loader reads them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from train import compat  # noqa: F401  (must precede quaterion imports)
+from PIL import Image
+from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
+from torch.utils.data import Dataset
+from torchvision import datasets
+
+from train.errors import UsageError
+from train.preprocessing import load_image
+
+DATASETS = ("imagefolder", "stanford_cars")
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """Image paths with their class names: a dataset before any image is decoded."""
+
+    paths: tuple[str, ...]
+    classes: tuple[str, ...]  # class name of each image
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(set(self.classes))
+
+    def only(self, keep: set[str]) -> ImageList:
+        pairs = [(p, c) for p, c in zip(self.paths, self.classes) if c in keep]
+        return ImageList(tuple(p for p, _ in pairs), tuple(c for _, c in pairs))
+
+
+def load_image_list(root: str | Path, dataset: str = "imagefolder") -> ImageList:
+    """Lists the images of `root` in the given layout; errors are one readable line."""
+    root = Path(root)
+    if dataset not in DATASETS:
+        raise UsageError(f"Unknown dataset {dataset!r}. Choose one of: {', '.join(DATASETS)}")
+    if not root.is_dir():
+        raise UsageError(f"data directory not found: {root}")
+    try:
+        if dataset == "imagefolder":
+            folder = datasets.ImageFolder(str(root))
+            samples, names = folder.samples, folder.classes
+        else:
+            # torchvision's download URL is dead: the data must already be under root.
+            splits = [datasets.StanfordCars(str(root), split=s, download=False) for s in ("train", "test")]
+            # `_samples` holds (path, class index) without decoding every image, unlike indexing.
+            samples = [sample for split in splits for sample in split._samples]
+            names = splits[0].classes
+    except (FileNotFoundError, RuntimeError) as error:
+        raise UsageError(f"cannot read {dataset} data at {root}: {str(error).splitlines()[0]}") from None
+    if not samples:
+        raise UsageError(f"no images found in {root}")
+    return ImageList(tuple(str(p) for p, _ in samples), tuple(names[i] for _, i in samples))
+
+
+def check_trainable(images: ImageList) -> None:
+    """Triplet mining needs a positive for every anchor: at least 2 classes of >= 2 images."""
+    counts: dict[str, int] = defaultdict(int)
+    for name in images.classes:
+        counts[name] += 1
+    if len(counts) < 2:
+        raise UsageError(f"training needs at least 2 classes, got {len(counts)}")
+    lonely = sorted(name for name, count in counts.items() if count < 2)
+    if lonely:
+        raise UsageError(
+            f"class {lonely[0]!r} has only 1 image ({len(lonely)} such classes); "
+            "each class needs at least 2 images"
+        )
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """Classes used for training and classes held out to measure retrieval on unseen cars."""
+
+    train: tuple[str, ...]
+    holdout: tuple[str, ...]
+
+
+def split_classes(class_names: list[str], holdout_fraction: float, seed: int) -> ClassSplit:
+    """Picks round(fraction * n) classes at random with a fixed seed: deterministic, disjoint."""
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise UsageError(f"--holdout-fraction must be in [0, 1), got {holdout_fraction}")
+    names = sorted(class_names)
+    count = round(holdout_fraction * len(names))
+    if holdout_fraction > 0 and count == 0:
+        raise UsageError(f"--holdout-fraction {holdout_fraction} of {len(names)} classes holds out none")
+    if len(names) - count < 2:
+        raise UsageError(f"holding out {count} of {len(names)} classes leaves fewer than 2 to train on")
+    holdout = set(random.Random(seed).sample(names, count))
+    return ClassSplit(
+        train=tuple(n for n in names if n not in holdout), holdout=tuple(n for n in names if n in holdout)
+    )
+
+
+def split_validation(images: ImageList, fraction: float, seed: int) -> tuple[ImageList, ImageList]:
+    """Moves `fraction` of each class's images to validation, leaving >= 2 per class to train on.
+
+    Validation uses unseen *images* of the training classes, never held-out classes: early
+    stopping must not look at the classes whose retrieval quality we report.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {fraction}")
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for path, name in zip(images.paths, images.classes):
+        by_class[name].append(path)
+    rng = random.Random(seed)
+    train, val = [], []
+    for name in sorted(by_class):
+        paths = sorted(by_class[name])
+        rng.shuffle(paths)
+        n_val = min(round(fraction * len(paths)), len(paths) - 2)
+        val += [(p, name) for p in paths[: max(n_val, 0)]]
+        train += [(p, name) for p in paths[max(n_val, 0) :]]
+
+    def as_list(pairs: list[tuple[str, str]]) -> ImageList:
+        return ImageList(tuple(p for p, _ in pairs), tuple(c for _, c in pairs))
+
+    return as_list(train), as_list(val)
+
+
+class CarsDataset(Dataset):
+    """Yields `SimilarityGroupSample(obj=PIL image, group=class id)`.
+
+    Images stay PIL: the encoder's collate function applies the servable's preprocessing.
+    """
+
+    def __init__(
+        self,
+        images: ImageList,
+        class_ids: dict[str, int],
+        augment: Optional[Callable[[Image.Image], Image.Image]] = None,
+    ):
+        self.images = images
+        self.class_ids = class_ids
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> SimilarityGroupSample:
+        if index >= len(self.images):
+            raise IndexError(index)
+        image = load_image(self.images.paths[index])
+        if self.augment is not None:
+            image = self.augment(image)
+        return SimilarityGroupSample(obj=image, group=self.class_ids[self.images.classes[index]])
+
+
+def make_loader(
+    dataset: CarsDataset, batch_size: int, shuffle: bool, workers: int
+) -> GroupSimilarityDataLoader:
+    return GroupSimilarityDataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,160 @@
+"""Compare the frozen base encoder with the tuned model on retrieval of (unseen) classes.
+
+    python -m train.evaluate --run runs/NAME --data DIR [--classes heldout|all] [--plot]
+
+`heldout` evaluates the classes that run held out of this same DIR; `all` every class in DIR (for
+a dataset disjoint from training). Writes RUN_DIR/eval.json and, with --plot, RUN_DIR/metrics.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from train import compat  # noqa: F401  (must precede quaterion imports)
+import torch
+from quaterion import Quaterion
+from quaterion.eval.evaluator import Evaluator
+from quaterion_models import SimilarityModel
+from quaterion_models.heads import EmptyHead
+
+from train.artifacts import write_json_atomic
+from train.data import DATASETS, CarsDataset, ImageList, load_image_list
+from train.errors import UsageError, run_cli
+from train.metrics import SelfMaskedGroupSampler, retrieval_metrics
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory written by train.train")
+    parser.add_argument("--data", required=True, help="dataset root directory")
+    parser.add_argument("--dataset", default="imagefolder", choices=DATASETS, help="layout of --data (default: imagefolder)")
+    parser.add_argument("--classes", default="heldout", choices=("heldout", "all"), help="which classes of --data to evaluate (default: heldout)")
+    parser.add_argument("--sample-size", type=int, default=-1, help="number of query images sampled (gallery = all images); -1 = every image (default: -1)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: 64)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the query sample (default: 42)")
+    parser.add_argument("--plot", action="store_true", help="also write RUN_DIR/metrics.png, base vs tuned per metric")
+    parser.add_argument("--json", action="store_true", help="print eval.json instead of a table")
+    return parser
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], SimilarityModel]:
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        model = SimilarityModel.load(str(run_dir / "servable"))
+    except FileNotFoundError as error:
+        raise UsageError(f"{run_dir} is not a finished training run: {error.filename} is missing") from None
+    except (json.JSONDecodeError, KeyError, ValueError, RuntimeError) as error:
+        raise UsageError(f"{run_dir} holds an unreadable run: {type(error).__name__}: {error}") from None
+    return run, model
+
+
+def select_images(images: ImageList, run: dict[str, Any], which: str) -> ImageList:
+    if which == "all":
+        return images
+    holdout = set(run["classes"]["holdout"])
+    if not holdout:
+        raise UsageError("this run held out no classes (--holdout-fraction 0); use --classes all with other data")
+    missing = sorted(holdout - set(images.class_names))
+    if missing:
+        raise UsageError(
+            f"{len(missing)} held-out classes of the run are not in this data (e.g. {missing[0]!r}); "
+            "pass the training data, or --classes all"
+        )
+    return images.only(holdout)
+
+
+def evaluate_models(images: ImageList, models: dict[str, SimilarityModel], sample_size: int, batch_size: int, seed: int) -> dict[str, dict[str, float]]:
+    """Runs Quaterion's Evaluator with the same query sample for every model."""
+    class_ids = {name: i for i, name in enumerate(images.class_names)}
+    dataset = CarsDataset(images, class_ids)
+    results = {}
+    for name, model in models.items():
+        print(f"Encoding {len(images)} images with the {name} model...", file=sys.stderr)
+        evaluator = Evaluator(retrieval_metrics(), SelfMaskedGroupSampler(sample_size, batch_size, seed))
+        scores = Quaterion.evaluate(evaluator, dataset, model)
+        results[name] = {metric: round(float(value), 4) for metric, value in scores.items()}
+    return results
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(report["base"])
+    x = range(len(metrics))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for offset, name in ((-0.2, "base"), (0.2, "tuned")):
+        bars = ax.bar([i + offset for i in x], [report[name][m] for m in metrics], width=0.4, label=name)
+        ax.bar_label(bars, fmt="%.3f")
+    ax.set_xticks(list(x), metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Retrieval on {report['classes']} {report['which']} classes ({report['images']} images)")
+    ax.legend()
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [
+        f"Retrieval on {report['classes']} {report['which']} classes ({report['images']} images) of {report['data']}",
+        f"{'metric':<16}{'base':>8}{'tuned':>8}{'change':>9}",
+    ]
+    for metric, base in report["base"].items():
+        tuned = report["tuned"][metric]
+        change = f"{(tuned / base - 1) * 100:+.0f}%" if base else "n/a"
+        lines.append(f"{metric:<16}{base:>8.4f}{tuned:>8.4f}{change:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = get_args_parser().parse_args(argv)
+    if args.batch_size < 1 or args.sample_size == 0 or args.sample_size < -1:
+        raise UsageError("--batch-size must be >= 1 and --sample-size -1 or >= 1")
+    run_dir = Path(args.run)
+    run, tuned = load_run(run_dir)
+    images = select_images(load_image_list(args.data, args.dataset), run, args.classes)
+    if len(images) == len(images.class_names):
+        raise UsageError("every class has a single image: nothing relevant to retrieve")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tuned.to(device)
+    encoder = next(iter(tuned.encoders.values()))
+    base = SimilarityModel(encoders=encoder, head=EmptyHead(encoder.embedding_size))
+    results = evaluate_models(images, {"base": base, "tuned": tuned}, args.sample_size, args.batch_size, args.seed)
+    seen = set(run["classes"]["train"]) & set(images.class_names)
+    report = {
+        **results,
+        "classes": len(images.class_names),
+        "images": len(images),
+        "data": str(Path(args.data).resolve()),
+        "which": args.classes,
+        "classes_seen_in_training": len(seen),
+        "sample_size": args.sample_size,
+        "model_version": run["model_version"],
+    }
+    write_json_atomic(run_dir / "eval.json", report)
+    if args.plot:
+        plot(report, run_dir / "metrics.png")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+        if seen:
+            print(f"note: {len(seen)} of these classes were seen in training")
+        print(f"Wrote {run_dir / 'eval.json'}" + (f" and {run_dir / 'metrics.png'}" if args.plot else ""))
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,212 @@
+"""Train a car-similarity model and save it as a servable.
+
+    python -m train.train --data DIR --out runs/NAME [--backbone resnet152] [--weights default]
+
+Writes RUN_DIR/servable/ (a quaterion-models `SimilarityModel`) and RUN_DIR/run.json (arguments,
+preprocessing, class split, cache fingerprint, metrics, versions, model version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from train import compat  # noqa: F401  (must precede quaterion imports)
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+from quaterion import Quaterion
+from quaterion.utils.enums import TrainStage
+
+from train.artifacts import directory_sha256, write_dir_atomic, write_json_atomic
+from train.cache import CacheDirectory, PublishCache, cache_fingerprint
+from train.data import DATASETS, CarsDataset, check_trainable, load_image_list, make_loader, split_classes, split_validation
+from train.encoders import weights_identity
+from train.errors import UsageError, run_cli
+from train.model import MINING, CarsModel, cache_config, check_mining
+from train.preprocessing import Preprocessing, training_augmentation
+
+VAL_LOSS = f"{TrainStage.VALIDATION}_loss"
+PACKAGES = ("torch", "torchvision", "quaterion", "quaterion-models", "pytorch-lightning", "torchmetrics")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, help="dataset root directory")
+    data.add_argument("--dataset", default="imagefolder", choices=DATASETS, help="layout of --data (default: imagefolder)")
+    data.add_argument("--holdout-fraction", type=float, default=0.5, help="fraction of classes held out of training, to measure retrieval on unseen cars; 0 trains on every class (default: 0.5)")
+    data.add_argument("--val-fraction", type=float, default=0.1, help="fraction of each training class's images used for validation and early stopping (default: 0.1)")
+    data.add_argument("--seed", type=int, default=42, help="seed for the class split, validation split and training (default: 42)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default="resnet152", help="any torchvision classification model (default: resnet152)")
+    model.add_argument("--weights", default="default", help="'default' (torchvision ImageNet weights, downloaded), 'none' (random) or a local state-dict path (default: default)")
+    model.add_argument("--input-size", type=int, default=224, help="images are resized to this square size (default: 224)")
+    optim = parser.add_argument_group("training")
+    optim.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default: 30)")
+    optim.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
+    optim.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the head (default: 3e-3)")
+    optim.add_argument("--mining", default="hard", choices=MINING, help="TripletLoss mining (default: hard)")
+    optim.add_argument("--margin", type=float, default=0.5, help="TripletLoss margin (default: 0.5)")
+    optim.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs on validation loss (default: 5)")
+    optim.add_argument("--augment", action="store_true", help="random crop/flip/colour jitter while training; needs --no-cache (default: off)")
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--out", required=True, help="run directory to write servable/ and run.json into")
+    runtime.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (default: refuse)")
+    runtime.add_argument("--cache-dir", default=".cache/encoder", help="root of the fingerprinted encoder caches (default: .cache/encoder)")
+    runtime.add_argument("--no-cache", action="store_true", help="run the frozen encoder on every batch instead of caching its embeddings")
+    runtime.add_argument("--workers", type=int, default=2, help="data-loading worker processes when training without the cache (default: 2)")
+    runtime.add_argument("--cache-batch-size", type=int, default=64, help="batch size while filling the encoder cache (default: 64)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag in ("epochs", "batch_size", "patience", "cache_batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.lr <= 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+    if args.augment and not args.no_cache:
+        raise UsageError("--augment changes every epoch's images, so it needs --no-cache")
+    check_mining(args.mining, args.batch_size)
+    if (Path(args.out) / "run.json").exists() and not args.overwrite:
+        raise UsageError(f"{args.out} already holds a run; pass --overwrite to replace it")
+
+
+class KeepBestHead(pl.Callback):
+    """Restores the head of the epoch with the lowest validation loss when training ends."""
+
+    def __init__(self) -> None:
+        self.best_loss = float("inf")
+        self.best_epoch: Optional[int] = None
+        self.best_state: Optional[dict[str, torch.Tensor]] = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
+        loss = trainer.callback_metrics.get(VAL_LOSS)
+        if trainer.sanity_checking or loss is None or float(loss) >= self.best_loss:
+            return
+        self.best_loss, self.best_epoch = float(loss), trainer.current_epoch
+        self.best_state = copy.deepcopy(pl_module.model.head.state_dict())
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
+        if self.best_state is not None:
+            pl_module.model.head.load_state_dict(self.best_state)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    found.update({name: metadata.version(name) for name in PACKAGES})
+    return found
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = get_args_parser().parse_args(argv)
+    check_args(args)
+    images = load_image_list(args.data, args.dataset)
+    split = split_classes(images.class_names, args.holdout_fraction, args.seed)
+    train_images = images.only(set(split.train))
+    check_trainable(train_images)
+    train_part, val_part = split_validation(train_images, args.val_fraction, args.seed)
+    class_ids = {name: i for i, name in enumerate(split.train)}
+
+    pl.seed_everything(args.seed, workers=True)
+    preprocessing = Preprocessing(input_size=args.input_size)
+    encoder_identity = {"backbone": args.backbone, "weights": weights_identity(args.weights, args.backbone)}
+    if args.weights == "none":
+        encoder_identity["seed"] = args.seed  # random weights depend on the seed
+
+    cache, fingerprint = None, None
+    if not args.no_cache:
+        fingerprint = cache_fingerprint(
+            encoder=encoder_identity, preprocessing=preprocessing.to_dict(), train=train_part, val=val_part
+        )
+        cache = CacheDirectory(args.cache_dir, fingerprint)
+    model = CarsModel(
+        backbone=args.backbone,
+        weights=args.weights,
+        preprocessing=preprocessing,
+        lr=args.lr,
+        mining=args.mining,
+        margin=args.margin,
+        cache=cache_config(str(cache.save_dir), args.cache_batch_size) if cache else None,
+    )
+    # With the cache on, loaders must have no workers: Quaterion then caches labels too and
+    # never decodes an image again after the fill (its "full cache").
+    workers = 0 if cache else args.workers
+    augment = training_augmentation(args.input_size) if args.augment else None
+    train_loader = make_loader(CarsDataset(train_part, class_ids, augment), args.batch_size, True, workers)
+    val_loader = make_loader(CarsDataset(val_part, class_ids), args.batch_size, False, workers) if len(val_part) else None
+
+    best = KeepBestHead()
+    callbacks: list[pl.Callback] = [best, TQDMProgressBar(refresh_rate=1)]
+    if val_loader is not None:
+        callbacks.append(EarlyStopping(VAL_LOSS, patience=args.patience))
+    if cache:
+        callbacks.append(PublishCache(cache))
+    trainer = pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_epochs=args.epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    started = time.perf_counter()
+    try:
+        Quaterion.fit(model, trainer, train_loader, val_loader)
+    finally:
+        if cache and not cache.ready:  # a failed fill leaves nothing half-written behind
+            import shutil
+
+            shutil.rmtree(cache.save_dir, ignore_errors=True)
+    train_seconds = time.perf_counter() - started
+
+    out = Path(args.out)
+    servable = out / "servable"
+    write_dir_atomic(servable, model.save_servable)
+    metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
+    run = {
+        "model_version": directory_sha256(servable),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "args": vars(args),
+        "data": {"root": str(Path(args.data).resolve()), "dataset": args.dataset, "images": len(images)},
+        "classes": {"train": list(split.train), "holdout": list(split.holdout)},
+        "images": {"train": len(train_part), "val": len(val_part)},
+        "encoder": {**encoder_identity, "embedding_size": model.encoder.embedding_size},
+        "embedding_size": model.model.head.output_size,
+        "preprocessing": preprocessing.to_dict(),
+        "cache": {"fingerprint": fingerprint, "dir": str(cache.final) if cache else None},
+        "metrics": {
+            "last": metrics,
+            "best_epoch": best.best_epoch,
+            "best_validation_loss": None if best.best_epoch is None else round(best.best_loss, 6),
+            "epochs_run": trainer.current_epoch,
+            "train_seconds": round(train_seconds, 1),
+        },
+        "versions": versions(),
+        "device": str(next(model.model.parameters()).device),
+    }
+    write_json_atomic(out / "run.json", run)
+    print(
+        f"Saved {servable} (model version {run['model_version'][:12]}); "
+        f"trained on {len(split.train)} classes / {len(train_part)} images, "
+        f"held out {len(split.holdout)} classes; best validation loss "
+        f"{run['metrics']['best_validation_loss']} at epoch {best.best_epoch}"
+    )
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
