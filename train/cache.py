@@ -23,7 +23,7 @@ from train.data import ImageList
 def _images_signature(images: ImageList) -> list[list[Any]]:
     """Path, size and mtime of every image with its class: cheap, and any edit changes it."""
     rows = []
-    for path, name in zip(images.paths, images.classes):
+    for path, name in zip(images.paths, images.classes, strict=False):
         stat = os.stat(path)
         rows.append([os.path.realpath(path), stat.st_size, stat.st_mtime_ns, name])
     return rows

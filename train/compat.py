@@ -7,6 +7,7 @@ only used in type annotations. Import this module before anything from ``quateri
 (quaterion-models, the serving side, needs no shim.)
 """
 
+import warnings
 from typing import TypeVar
 
 import torch.utils.data.dataloader as _dataloader
@@ -17,3 +18,6 @@ T_co = TypeVar("T_co", covariant=True)
 for _module in (_dataloader, _dataset):
     if not hasattr(_module, "T_co"):
         _module.T_co = T_co
+
+# Lightning 1.9 imports pkg_resources (hence setuptools < 81), which warns on every start.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from train import compat  # noqa: F401  (must precede quaterion imports)
 from PIL import Image
@@ -40,7 +40,7 @@ class ImageList:
         return sorted(set(self.classes))
 
     def only(self, keep: set[str]) -> ImageList:
-        pairs = [(p, c) for p, c in zip(self.paths, self.classes) if c in keep]
+        pairs = [(p, c) for p, c in zip(self.paths, self.classes, strict=False) if c in keep]
         return ImageList(tuple(p for p, _ in pairs), tuple(c for _, c in pairs))
 
 
@@ -78,8 +78,7 @@ def check_trainable(images: ImageList) -> None:
     lonely = sorted(name for name, count in counts.items() if count < 2)
     if lonely:
         raise UsageError(
-            f"class {lonely[0]!r} has only 1 image ({len(lonely)} such classes); "
-            "each class needs at least 2 images"
+            f"class {lonely[0]!r} has only 1 image ({len(lonely)} such classes); each class needs at least 2 images"
         )
 
 
@@ -116,7 +115,7 @@ def split_validation(images: ImageList, fraction: float, seed: int) -> tuple[Ima
     if not 0.0 <= fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {fraction}")
     by_class: dict[str, list[str]] = defaultdict(list)
-    for path, name in zip(images.paths, images.classes):
+    for path, name in zip(images.paths, images.classes, strict=False):
         by_class[name].append(path)
     rng = random.Random(seed)
     train, val = [], []
@@ -143,7 +142,7 @@ class CarsDataset(Dataset):
         self,
         images: ImageList,
         class_ids: dict[str, int],
-        augment: Optional[Callable[[Image.Image], Image.Image]] = None,
+        augment: Callable[[Image.Image], Image.Image] | None = None,
     ):
         self.images = images
         self.class_ids = class_ids
@@ -161,9 +160,7 @@ class CarsDataset(Dataset):
         return SimilarityGroupSample(obj=image, group=self.class_ids[self.images.classes[index]])
 
 
-def make_loader(
-    dataset: CarsDataset, batch_size: int, shuffle: bool, workers: int
-) -> GroupSimilarityDataLoader:
+def make_loader(dataset: CarsDataset, batch_size: int, shuffle: bool, workers: int) -> GroupSimilarityDataLoader:
     return GroupSimilarityDataLoader(
         dataset,
         batch_size=batch_size,

@@ -81,18 +81,14 @@ def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None
     own = {k for k in expected if not k.startswith(f"{classifier}.")}
     missing = sorted(own - state.keys())
     unexpected = sorted(k for k in state.keys() - expected.keys() if not k.startswith(f"{classifier}."))
-    mismatched = sorted(
-        k for k in own & state.keys() if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
+    mismatched = sorted(k for k in own & state.keys() if tuple(state[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or mismatched:
         problems = [
             f"{len(what)} {label} (e.g. {what[0]})"
             for label, what in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", mismatched))
             if what
         ]
-        raise UsageError(
-            f"weights file {path} does not fit backbone {type(model).__name__}: " + ", ".join(problems)
-        )
+        raise UsageError(f"weights file {path} does not fit backbone {type(model).__name__}: " + ", ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
@@ -102,9 +98,7 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
     Returns the model (classifier removed), the classifier attribute and the embedding size.
     """
     if name not in available_backbones():
-        raise UsageError(
-            f"Unknown backbone {name!r}. Choose one of: {', '.join(available_backbones())}"
-        )
+        raise UsageError(f"Unknown backbone {name!r}. Choose one of: {', '.join(available_backbones())}")
     if weights == "default":
         enum = torchvision.models.get_model_weights(name).DEFAULT
         try:
@@ -121,9 +115,7 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
         path = Path(weights)
         if not path.is_file():
             raise UsageError(f"weights file not found: {weights} (use 'default', 'none' or a path)")
-        classifier_attribute = next(
-            a for a in _CLASSIFIER_ATTRIBUTES if isinstance(getattr(model, a, None), nn.Module)
-        )
+        classifier_attribute = next(a for a in _CLASSIFIER_ATTRIBUTES if isinstance(getattr(model, a, None), nn.Module))
         _load_state_dict_file(model, path, classifier_attribute)
     classifier, size = _strip_classifier(model)
     return model, classifier, size

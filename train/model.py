@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 from train import compat  # noqa: F401  (must precede quaterion imports)
 import torch
@@ -46,7 +45,7 @@ class CarsModel(TrainableModel):
         mining: str = "hard",
         margin: float = 0.5,
         dropout: float = 0.1,
-        cache: Optional[CacheConfig] = None,
+        cache: CacheConfig | None = None,
     ):
         # Quaterion's __init__ calls the configure_* hooks, so they read these attributes.
         self._backbone, self._weights, self._preprocessing = backbone, weights, preprocessing
@@ -74,7 +73,7 @@ class CarsModel(TrainableModel):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.Adam(trainable, lr=self._lr)
 
-    def configure_caches(self) -> Optional[CacheConfig]:
+    def configure_caches(self) -> CacheConfig | None:
         return self._cache_settings
 
     def configure_metrics(self) -> AttachedMetric:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from PIL import Image, ImageOps
@@ -51,8 +52,7 @@ class Preprocessing:
             raise ValueError(f"input_size must be an integer >= 16, got {self.input_size!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
-                f"Unknown interpolation {self.interpolation!r}. "
-                f"Choose one of: {', '.join(INTERPOLATIONS)}"
+                f"Unknown interpolation {self.interpolation!r}. Choose one of: {', '.join(INTERPOLATIONS)}"
             )
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))

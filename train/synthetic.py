@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from PIL import Image, ImageDraw
 
@@ -38,7 +37,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     corners = {"square": 4, "triangle": 3, "diamond": 4}[shape]
     offset = math.pi / 4 if shape == "diamond" else 0.0
     return [
-        (cx + r * math.cos(angle + offset + 2 * math.pi * i / corners), cy + r * math.sin(angle + offset + 2 * math.pi * i / corners))
+        (
+            cx + r * math.cos(angle + offset + 2 * math.pi * i / corners),
+            cy + r * math.sin(angle + offset + 2 * math.pi * i / corners),
+        )
         for i in range(corners)
     ]
 
@@ -69,7 +71,9 @@ def draw_sample(colour: str, shape: str, size: int, rng: random.Random) -> Image
     return image
 
 
-def generate(out: str | Path, colours: int = 4, shapes: int = 4, per_class: int = 20, size: int = 96, seed: int = 0) -> Path:
+def generate(
+    out: str | Path, colours: int = 4, shapes: int = 4, per_class: int = 20, size: int = 96, seed: int = 0
+) -> Path:
     """Writes colours x shapes classes of `per_class` JPEGs; replaces `out` atomically."""
     if not 1 <= colours <= len(COLOURS) or not 1 <= shapes <= len(SHAPES):
         raise UsageError(f"--colours must be 1..{len(COLOURS)} and --shapes 1..{len(SHAPES)}")
@@ -106,7 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     out = generate(args.out, args.colours, args.shapes, args.per_class, args.size, args.seed)
     print(f"Wrote {args.colours * args.shapes} synthetic classes x {args.per_class} images to {out}")

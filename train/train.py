@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from train import compat  # noqa: F401  (must precede quaterion imports)
 import pytorch_lightning as pl
@@ -27,7 +28,15 @@ from quaterion.utils.enums import TrainStage
 
 from train.artifacts import directory_sha256, write_dir_atomic, write_json_atomic
 from train.cache import CacheDirectory, PublishCache, cache_fingerprint
-from train.data import DATASETS, CarsDataset, check_trainable, load_image_list, make_loader, split_classes, split_validation
+from train.data import (
+    DATASETS,
+    CarsDataset,
+    check_trainable,
+    load_image_list,
+    make_loader,
+    split_classes,
+    split_validation,
+)
 from train.encoders import weights_identity
 from train.errors import UsageError, run_cli
 from train.model import MINING, CarsModel, cache_config, check_mining
@@ -41,29 +50,74 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, help="dataset root directory")
-    data.add_argument("--dataset", default="imagefolder", choices=DATASETS, help="layout of --data (default: imagefolder)")
-    data.add_argument("--holdout-fraction", type=float, default=0.5, help="fraction of classes held out of training, to measure retrieval on unseen cars; 0 trains on every class (default: 0.5)")
-    data.add_argument("--val-fraction", type=float, default=0.1, help="fraction of each training class's images used for validation and early stopping (default: 0.1)")
-    data.add_argument("--seed", type=int, default=42, help="seed for the class split, validation split and training (default: 42)")
+    data.add_argument(
+        "--dataset", default="imagefolder", choices=DATASETS, help="layout of --data (default: imagefolder)"
+    )
+    data.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.5,
+        help="fraction of classes held out of training, to measure retrieval on unseen cars; "
+        "0 trains on every class (default: 0.5)",
+    )
+    data.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of each training class's images used for validation and early stopping (default: 0.1)",
+    )
+    data.add_argument(
+        "--seed", type=int, default=42, help="seed for the class split, validation split and training (default: 42)"
+    )
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default="resnet152", help="any torchvision classification model (default: resnet152)")
-    model.add_argument("--weights", default="default", help="'default' (torchvision ImageNet weights, downloaded), 'none' (random) or a local state-dict path (default: default)")
-    model.add_argument("--input-size", type=int, default=224, help="images are resized to this square size (default: 224)")
+    model.add_argument(
+        "--backbone", default="resnet152", help="any torchvision classification model (default: resnet152)"
+    )
+    model.add_argument(
+        "--weights",
+        default="default",
+        help="'default' (torchvision ImageNet weights, downloaded), 'none' (random) "
+        "or a local state-dict path (default: default)",
+    )
+    model.add_argument(
+        "--input-size", type=int, default=224, help="images are resized to this square size (default: 224)"
+    )
     optim = parser.add_argument_group("training")
     optim.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default: 30)")
     optim.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
     optim.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the head (default: 3e-3)")
     optim.add_argument("--mining", default="hard", choices=MINING, help="TripletLoss mining (default: hard)")
     optim.add_argument("--margin", type=float, default=0.5, help="TripletLoss margin (default: 0.5)")
-    optim.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs on validation loss (default: 5)")
-    optim.add_argument("--augment", action="store_true", help="random crop/flip/colour jitter while training; needs --no-cache (default: off)")
+    optim.add_argument(
+        "--patience", type=int, default=5, help="early-stopping patience in epochs on validation loss (default: 5)"
+    )
+    optim.add_argument(
+        "--augment",
+        action="store_true",
+        help="random crop/flip/colour jitter while training; needs --no-cache (default: off)",
+    )
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--out", required=True, help="run directory to write servable/ and run.json into")
     runtime.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (default: refuse)")
-    runtime.add_argument("--cache-dir", default=".cache/encoder", help="root of the fingerprinted encoder caches (default: .cache/encoder)")
-    runtime.add_argument("--no-cache", action="store_true", help="run the frozen encoder on every batch instead of caching its embeddings")
-    runtime.add_argument("--workers", type=int, default=2, help="data-loading worker processes when training without the cache (default: 2)")
-    runtime.add_argument("--cache-batch-size", type=int, default=64, help="batch size while filling the encoder cache (default: 64)")
+    runtime.add_argument(
+        "--cache-dir",
+        default=".cache/encoder",
+        help="root of the fingerprinted encoder caches (default: .cache/encoder)",
+    )
+    runtime.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the frozen encoder on every batch instead of caching its embeddings",
+    )
+    runtime.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="data-loading worker processes when training without the cache (default: 2)",
+    )
+    runtime.add_argument(
+        "--cache-batch-size", type=int, default=64, help="batch size while filling the encoder cache (default: 64)"
+    )
     return parser
 
 
@@ -83,16 +137,25 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 class KeepBestHead(pl.Callback):
-    """Restores the head of the epoch with the lowest validation loss when training ends."""
+    """Restores the head of the epoch with the lowest validation loss when training ends.
+
+    Also stops training at the first non-finite training loss (`diverged`).
+    """
 
     def __init__(self) -> None:
+        self.diverged = False
         self.best_loss = float("inf")
-        self.best_epoch: Optional[int] = None
-        self.best_state: Optional[dict[str, torch.Tensor]] = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: CarsModel, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            self.diverged = trainer.should_stop = True
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
         loss = trainer.callback_metrics.get(VAL_LOSS)
-        if trainer.sanity_checking or loss is None or float(loss) >= self.best_loss:
+        if trainer.sanity_checking or loss is None or not math.isfinite(loss) or float(loss) >= self.best_loss:
             return
         self.best_loss, self.best_epoch = float(loss), trainer.current_epoch
         self.best_state = copy.deepcopy(pl_module.model.head.state_dict())
@@ -108,7 +171,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     check_args(args)
     images = load_image_list(args.data, args.dataset)
@@ -144,7 +207,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     workers = 0 if cache else args.workers
     augment = training_augmentation(args.input_size) if args.augment else None
     train_loader = make_loader(CarsDataset(train_part, class_ids, augment), args.batch_size, True, workers)
-    val_loader = make_loader(CarsDataset(val_part, class_ids), args.batch_size, False, workers) if len(val_part) else None
+    val_loader = (
+        make_loader(CarsDataset(val_part, class_ids), args.batch_size, False, workers) if len(val_part) else None
+    )
 
     best = KeepBestHead()
     callbacks: list[pl.Callback] = [best, TQDMProgressBar(refresh_rate=1)]
@@ -172,14 +237,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
             shutil.rmtree(cache.save_dir, ignore_errors=True)
     train_seconds = time.perf_counter() - started
+    if best.diverged or (val_loader is not None and best.best_epoch is None):
+        raise UsageError("training diverged (non-finite loss); try a lower --lr, other --weights or another --backbone")
 
     out = Path(args.out)
     servable = out / "servable"
     write_dir_atomic(servable, model.save_servable)
-    metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()}
+    # Quaterion names metrics after its TrainStage enum, which Python 3.11 formats as
+    # "TrainStage.VALIDATION": keep the plain stage names.
+    metrics = {
+        k.replace("TrainStage.VALIDATION", "validation").replace("TrainStage.TRAIN", "train"): round(float(v), 6)
+        for k, v in trainer.callback_metrics.items()
+    }
     run = {
         "model_version": directory_sha256(servable),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": vars(args),
         "data": {"root": str(Path(args.data).resolve()), "dataset": args.dataset, "images": len(images)},
         "classes": {"train": list(split.train), "holdout": list(split.holdout)},

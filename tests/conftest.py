@@ -1,0 +1,45 @@
+"""Shared fixtures: generated datasets, ../shared detection, CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CARS_SHARED", ROOT.parent / "shared"))
+CARS_DEV = SHARED / "data" / "cars196-dev"
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pt"
+
+needs_shared = pytest.mark.skipif(
+    not (CARS_DEV.is_dir() and MOBILENET_WEIGHTS.is_file()),
+    reason=f"real photos and weights not found under {SHARED} (only CI and developers have ../shared)",
+)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 learnable synthetic classes x 30 images (6 colours x 4 shapes), 96 px."""
+    return generate(tmp_path_factory.mktemp("data") / "synthetic", colours=6, shapes=4, per_class=30, size=96)
+
+
+@pytest.fixture()
+def small_data(tmp_path: Path) -> Path:
+    """4 classes x 6 images: enough to build loaders and splits quickly."""
+    return generate(tmp_path / "small", colours=2, shapes=2, per_class=6, size=32)
+
+
+def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,108 @@
+"""Bad arguments: exit status 2 and one readable line, never a traceback."""
+
+import pytest
+import torch
+import torchvision
+
+from tests.conftest import run_module
+from train import evaluate, train
+from train.errors import run_cli
+
+FAST = ["--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "1"]
+
+
+def fails_with(capsys, main, argv, message):
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert message in err, err
+
+
+def test_missing_data_dir(capsys, tmp_path):
+    fails_with(
+        capsys,
+        train.main,
+        ["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), *FAST],
+        "data directory not found",
+    )
+
+
+def test_empty_dataset(capsys, tmp_path):
+    (tmp_path / "data" / "only_class").mkdir(parents=True)
+    fails_with(
+        capsys,
+        train.main,
+        ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *FAST],
+        "cannot read imagefolder data",
+    )
+
+
+def test_class_with_one_image(capsys, small_data, tmp_path):
+    for name in sorted(small_data.iterdir()):
+        for extra in sorted(name.iterdir())[1:]:
+            extra.unlink()
+    argv = ["--data", str(small_data), "--holdout-fraction", "0", "--out", str(tmp_path / "run"), *FAST]
+    fails_with(capsys, train.main, argv, "has only 1 image")
+
+
+def test_unknown_backbone(capsys, small_data, tmp_path):
+    argv = ["--data", str(small_data), "--out", str(tmp_path / "run"), *FAST, "--backbone", "resnet15"]
+    fails_with(capsys, train.main, argv, "Unknown backbone 'resnet15'. Choose one of:")
+
+
+def test_wrong_weights_file(capsys, small_data, tmp_path):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
+    argv = ["--data", str(small_data), "--out", str(tmp_path / "run"), *FAST]
+    argv += ["--backbone", "mobilenet_v2", "--weights", str(tmp_path / "resnet18.pt")]
+    fails_with(capsys, train.main, argv, "does not fit backbone MobileNetV2")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--augment"], "--augment changes every epoch's images, so it needs --no-cache"),
+        (["--mining", "semi_hard", "--batch-size", "1024"], "use --batch-size <= 512 or --mining hard"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--holdout-fraction", "1.5"], "--holdout-fraction must be in [0, 1)"),
+    ],
+)
+def test_bad_training_options(capsys, small_data, tmp_path, extra, message):
+    fails_with(capsys, train.main, ["--data", str(small_data), "--out", str(tmp_path / "run"), *FAST, *extra], message)
+
+
+def test_existing_run_is_not_overwritten_silently(capsys, small_data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    argv = ["--data", str(small_data), "--out", str(tmp_path / "run"), *FAST]
+    fails_with(capsys, train.main, argv, "already holds a run; pass --overwrite")
+
+
+def test_evaluate_without_a_run(capsys, small_data, tmp_path):
+    fails_with(
+        capsys, evaluate.main, ["--run", str(tmp_path), "--data", str(small_data)], "is not a finished training run"
+    )
+
+
+def test_cli_process_exits_nonzero_with_one_line(tmp_path):
+    result = run_module("train.train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: data directory not found: {tmp_path / 'missing'}"
+
+
+def test_help_lists_every_flag_with_defaults():
+    result = run_module("train.train", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--data",
+        "--dataset",
+        "--backbone",
+        "--weights",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--mining",
+        "--holdout-fraction",
+        "--seed",
+        "--out",
+    ):
+        assert flag in result.stdout
