@@ -87,7 +87,8 @@ def write_stanford_cars(root: Path, images: dict[str, list[Path]]) -> None:
 def test_stanford_cars_layout_merges_train_and_test(small_data, tmp_path):
     folder = load_image_list(small_data)
     by_class = {
-        name: sorted(Path(p) for p, c in zip(folder.paths, folder.classes) if c == name) for name in folder.class_names
+        name: sorted(Path(p) for p, c in zip(folder.paths, folder.classes, strict=True) if c == name)
+        for name in folder.class_names
     }
     write_stanford_cars(tmp_path, by_class)
     cars = load_image_list(tmp_path, "stanford_cars")
