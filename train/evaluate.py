@@ -28,6 +28,8 @@ from train.data import DATASETS, CarsDataset, ImageList, load_image_list
 from train.errors import UsageError, run_cli
 from train.metrics import SelfMaskedGroupSampler, retrieval_metrics
 
+WHICH = {"heldout": "held-out", "all": "evaluated"}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,7 +127,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.bar_label(bars, fmt="%.3f")
     ax.set_xticks(list(x), metrics)
     ax.set_ylim(0, 1)
-    ax.set_title(f"Retrieval on {report['classes']} {report['which']} classes ({report['images']} images)")
+    ax.set_title(f"Retrieval on {report['classes']} {WHICH[report['which']]} classes ({report['images']} images)")
     ax.legend()
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
@@ -137,7 +139,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [
-        f"Retrieval on {report['classes']} {report['which']} classes ({report['images']} images) of {report['data']}",
+        f"Retrieval on {report['classes']} {WHICH[report['which']]} classes "
+        f"({report['images']} images) of {report['data']}",
         f"{'metric':<16}{'base':>8}{'tuned':>8}{'change':>9}",
     ]
     for metric, base in report["base"].items():

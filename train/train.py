@@ -12,12 +12,13 @@ import argparse
 import copy
 import math
 import platform
+import shutil
 import sys
 import time
 from datetime import datetime, UTC
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from train import compat  # noqa: F401  (must precede quaterion imports)
 import pytorch_lightning as pl
@@ -29,6 +30,8 @@ from quaterion.utils.enums import TrainStage
 from train.artifacts import directory_sha256, write_dir_atomic, write_json_atomic
 from train.cache import CacheDirectory, PublishCache, cache_fingerprint
 from train.data import (
+    ClassSplit,
+    ImageList,
     DATASETS,
     CarsDataset,
     check_trainable,
@@ -153,7 +156,8 @@ class KeepBestHead(pl.Callback):
         if loss is not None and not torch.isfinite(loss).all():
             self.diverged = trainer.should_stop = True
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
+        # The hook EarlyStopping uses too, so both judge the same validation loss.
         loss = trainer.callback_metrics.get(VAL_LOSS)
         if trainer.sanity_checking or loss is None or not math.isfinite(loss) or float(loss) >= self.best_loss:
             return
@@ -165,32 +169,81 @@ class KeepBestHead(pl.Callback):
             pl_module.model.head.load_state_dict(self.best_state)
 
 
+class SeedAtFitStart(pl.Callback):
+    """Re-seeds after Quaterion's cache step, so a filled and a reused cache train identically."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl.seed_everything(self.seed, workers=True)
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     found.update({name: metadata.version(name) for name in PACKAGES})
     return found
 
 
+class Splits(NamedTuple):
+    images: ImageList  # everything under --data
+    classes: ClassSplit
+    train: ImageList  # images of the training classes used for gradient steps
+    val: ImageList  # held-back images of the training classes, for early stopping
+
+
+def prepare_splits(args: argparse.Namespace) -> Splits:
+    images = load_image_list(args.data, args.dataset)
+    classes = split_classes(images.class_names, args.holdout_fraction, args.seed)
+    train_images = images.only(set(classes.train))
+    check_trainable(train_images)
+    train, val = split_validation(train_images, args.val_fraction, args.seed)
+    return Splits(images, classes, train, val)
+
+
+def encoder_identity(args: argparse.Namespace) -> dict[str, Any]:
+    identity: dict[str, Any] = {"backbone": args.backbone, "weights": weights_identity(args.weights, args.backbone)}
+    if args.weights == "none":
+        identity["seed"] = args.seed  # random weights depend on the seed
+    return identity
+
+
+def make_trainer(args: argparse.Namespace, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """Lightning on the GPU when there is one; checkpoints and loggers off (run.json records all)."""
+    return pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_epochs=args.epochs,
+        callbacks=[*callbacks, TQDMProgressBar(refresh_rate=1)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+
+
+def plain_metric_names(metrics: dict[str, Any]) -> dict[str, float]:
+    """Quaterion names metrics after its TrainStage enum, which Python 3.11 formats as
+    "TrainStage.VALIDATION": keep the plain stage names."""
+    return {
+        k.replace("TrainStage.VALIDATION", "validation").replace("TrainStage.TRAIN", "train"): round(float(v), 6)
+        for k, v in metrics.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     check_args(args)
-    images = load_image_list(args.data, args.dataset)
-    split = split_classes(images.class_names, args.holdout_fraction, args.seed)
-    train_images = images.only(set(split.train))
-    check_trainable(train_images)
-    train_part, val_part = split_validation(train_images, args.val_fraction, args.seed)
-    class_ids = {name: i for i, name in enumerate(split.train)}
-
+    splits = prepare_splits(args)
+    class_ids = {name: i for i, name in enumerate(splits.classes.train)}
     pl.seed_everything(args.seed, workers=True)
     preprocessing = Preprocessing(input_size=args.input_size)
-    encoder_identity = {"backbone": args.backbone, "weights": weights_identity(args.weights, args.backbone)}
-    if args.weights == "none":
-        encoder_identity["seed"] = args.seed  # random weights depend on the seed
-
+    identity = encoder_identity(args)
     cache, fingerprint = None, None
     if not args.no_cache:
         fingerprint = cache_fingerprint(
-            encoder=encoder_identity, preprocessing=preprocessing.to_dict(), train=train_part, val=val_part
+            encoder=identity, preprocessing=preprocessing.to_dict(), train=splits.train, val=splits.val
         )
         cache = CacheDirectory(args.cache_dir, fingerprint)
     model = CarsModel(
@@ -206,62 +259,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # never decodes an image again after the fill (its "full cache").
     workers = 0 if cache else args.workers
     augment = training_augmentation(args.input_size) if args.augment else None
-    train_loader = make_loader(CarsDataset(train_part, class_ids, augment), args.batch_size, True, workers)
+    train_loader = make_loader(CarsDataset(splits.train, class_ids, augment), args.batch_size, True, workers)
     val_loader = (
-        make_loader(CarsDataset(val_part, class_ids), args.batch_size, False, workers) if len(val_part) else None
+        make_loader(CarsDataset(splits.val, class_ids), args.batch_size, False, workers) if splits.val else None
     )
 
     best = KeepBestHead()
-    callbacks: list[pl.Callback] = [best, TQDMProgressBar(refresh_rate=1)]
+    callbacks: list[pl.Callback] = [best, SeedAtFitStart(args.seed)]
     if val_loader is not None:
         callbacks.append(EarlyStopping(VAL_LOSS, patience=args.patience))
     if cache:
         callbacks.append(PublishCache(cache))
-    trainer = pl.Trainer(
-        accelerator="auto",
-        devices=1,
-        max_epochs=args.epochs,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
+    trainer = make_trainer(args, callbacks)
     started = time.perf_counter()
     try:
         Quaterion.fit(model, trainer, train_loader, val_loader)
     finally:
         if cache and not cache.ready:  # a failed fill leaves nothing half-written behind
-            import shutil
-
             shutil.rmtree(cache.save_dir, ignore_errors=True)
     train_seconds = time.perf_counter() - started
     if best.diverged or (val_loader is not None and best.best_epoch is None):
         raise UsageError("training diverged (non-finite loss); try a lower --lr, other --weights or another --backbone")
 
-    out = Path(args.out)
-    servable = out / "servable"
+    servable = Path(args.out) / "servable"
     write_dir_atomic(servable, model.save_servable)
-    # Quaterion names metrics after its TrainStage enum, which Python 3.11 formats as
-    # "TrainStage.VALIDATION": keep the plain stage names.
-    metrics = {
-        k.replace("TrainStage.VALIDATION", "validation").replace("TrainStage.TRAIN", "train"): round(float(v), 6)
-        for k, v in trainer.callback_metrics.items()
-    }
     run = {
         "model_version": directory_sha256(servable),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": vars(args),
-        "data": {"root": str(Path(args.data).resolve()), "dataset": args.dataset, "images": len(images)},
-        "classes": {"train": list(split.train), "holdout": list(split.holdout)},
-        "images": {"train": len(train_part), "val": len(val_part)},
-        "encoder": {**encoder_identity, "embedding_size": model.encoder.embedding_size},
+        "data": {"root": str(Path(args.data).resolve()), "dataset": args.dataset, "images": len(splits.images)},
+        "classes": {"train": list(splits.classes.train), "holdout": list(splits.classes.holdout)},
+        "images": {"train": len(splits.train), "val": len(splits.val)},
+        "encoder": {**identity, "embedding_size": model.encoder.embedding_size},
         "embedding_size": model.model.head.output_size,
         "preprocessing": preprocessing.to_dict(),
         "cache": {"fingerprint": fingerprint, "dir": str(cache.final) if cache else None},
         "metrics": {
-            "last": metrics,
+            "last": plain_metric_names(trainer.callback_metrics),
             "best_epoch": best.best_epoch,
             "best_validation_loss": None if best.best_epoch is None else round(best.best_loss, 6),
             "epochs_run": trainer.current_epoch,
@@ -270,12 +304,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": versions(),
         "device": str(next(model.model.parameters()).device),
     }
-    write_json_atomic(out / "run.json", run)
+    write_json_atomic(Path(args.out) / "run.json", run)
     print(
-        f"Saved {servable} (model version {run['model_version'][:12]}); "
-        f"trained on {len(split.train)} classes / {len(train_part)} images, "
-        f"held out {len(split.holdout)} classes; best validation loss "
-        f"{run['metrics']['best_validation_loss']} at epoch {best.best_epoch}"
+        f"Saved {servable} (model version {run['model_version'][:12]}); trained on "
+        f"{len(splits.classes.train)} classes / {len(splits.train)} images, held out "
+        f"{len(splits.classes.holdout)} classes; best validation loss {run['metrics']['best_validation_loss']} "
+        f"at epoch {best.best_epoch} of {trainer.current_epoch}"
     )
     return run
 
