@@ -5,7 +5,7 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
-REQS       := requirements/train.in requirements/quaterion.txt requirements/constraints.txt
+REQS       := requirements/train.in requirements/serve.in requirements/quaterion.txt requirements/constraints.txt
 
 # Training defaults: the offline synthetic demo. For real cars, e.g.
 #   make train DATA=../shared/data/cars196-dev BACKBONE=mobilenet_v2 \
@@ -21,7 +21,7 @@ LR         ?= $(if $(filter data/synthetic,$(DATA)),0.03,0.003)
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install constraints synthetic train evaluate demo test lint clean
+.PHONY: help install constraints synthetic train evaluate archive serve stop demo test lint clean
 
 help:
 	@echo "make demo       synthetic data -> train -> evaluate, offline (installs first)"
@@ -29,6 +29,9 @@ help:
 	@echo "make install    create $(VENV) with the pinned environment (idempotent)"
 	@echo "make train      DATA=DIR RUN=DIR [BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= TRAIN_ARGS=]"
 	@echo "make evaluate   RUN=DIR DATA=DIR: base vs tuned on the held-out classes"
+	@echo "make archive    RUN=DIR: pack the run into model_store/cars.mar"
+	@echo "make serve      start TorchServe on 127.0.0.1:8080-8082 and wait until the model is ready"
+	@echo "make stop       stop TorchServe"
 	@echo "make lint       ruff"
 
 install: $(STAMP)
@@ -36,7 +39,7 @@ install: $(STAMP)
 $(STAMP): $(REQS)
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/train.in
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/train.in -r requirements/serve.in
 	@# Quaterion declares Python < 3.11; its dependencies are in train.in, so only it skips the check.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python -r requirements/quaterion.txt
 	@command -v java >/dev/null 2>&1 || echo "warning: no 'java' found. Training works without it, but serving (TorchServe) needs Java 17+: apt-get install openjdk-17-jre-headless"
@@ -60,6 +63,15 @@ train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
 evaluate: $(STAMP)
 	$(PY) -m train.evaluate --run $(RUN) --data $(DATA) --dataset $(DATASET) --plot
 
+archive: $(STAMP)
+	$(PY) -m serve.archive --run $(RUN) --model-store model_store
+
+serve: $(STAMP)
+	$(PY) -m serve.server start --config serve/config.properties --log-dir logs
+
+stop: $(STAMP)
+	$(PY) -m serve.server stop
+
 demo: train
 	$(MAKE) evaluate RUN=$(RUN) DATA=$(DATA) DATASET=$(DATASET)
 
@@ -70,4 +82,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs data/synthetic .cache .pytest_cache
+	rm -rf runs data/synthetic .cache .pytest_cache logs model_store/*.mar

@@ -43,3 +43,16 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quickly trained run (random ResNet18, 32 px, 3 epochs): a real servable for serving tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = generate(root / "data", colours=3, shapes=2, per_class=8, size=48)
+    result = run_module(
+        "train.train", "--data", str(data), "--out", str(root / "run"), "--cache-dir", str(root / "cache"),
+        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run"

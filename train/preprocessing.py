@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
@@ -26,11 +27,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
-def load_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Decodes a file path or encoded bytes into an RGB image, honouring EXIF orientation."""
-    image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded image -> upright 8-bit RGB: EXIF orientation applied, first frame of an
+    animation, 16-bit scaled down (not clipped), transparency composited onto white."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
     return image.convert("RGB")
+
+
+def load_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Decodes a file path or encoded bytes into RGB, exactly as the server does (`to_rgb`)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        return to_rgb(image)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,102 @@
+"""TorchServe handler: a thin adapter over `serve.embedder.Embedder`.
+
+It parses each request of a batch (raw bytes, multipart field `data`, or JSON `{"image":
+"<base64>"}`), answers a bad item with its own 4xx and a JSON error without failing the others,
+embeds the good ones in one batch, and reports the batch size as a metric.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+from typing import Any
+
+import torch
+from ts.metrics.metric_type_enum import MetricTypes
+from ts.torch_handler.base_handler import BaseHandler
+
+from serve.embedder import Embedder, ImageLimits, InvalidImage, decode_image
+
+logger = logging.getLogger(__name__)
+
+USAGE = 'send image bytes, a multipart file field "data", or JSON {"image": "<base64>"}'
+
+
+def request_bytes(item: dict[str, Any], content_type: str = "") -> bytes:
+    """The encoded image of one request; TorchServe has already parsed JSON and text bodies."""
+    body = item.get("data")
+    if body is None:
+        body = item.get("body")
+    if body is None:
+        raise InvalidImage(f"no image in the request: {USAGE}", 400)
+    if isinstance(body, (bytes, bytearray)):
+        if content_type.startswith("application/json"):  # TorchServe could not parse it
+            raise InvalidImage('invalid JSON: send {"image": "<base64>"}', 400)
+        return bytes(body)
+    if isinstance(body, dict):
+        encoded = body.get("image")
+        if not isinstance(encoded, str):
+            raise InvalidImage('JSON body must be an object {"image": "<base64>"}', 400)
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidImage('"image" is not valid base64', 400) from None
+    if isinstance(body, list):
+        raise InvalidImage('JSON body must be an object {"image": "<base64>"}, not an array', 400)
+    raise InvalidImage(f"text is not an image: {USAGE}", 415)
+
+
+def limits_from(config: dict[str, Any]) -> ImageLimits:
+    """Caps from a model config's `handler:` section if given, else the environment, else defaults."""
+    defaults = ImageLimits()
+    return ImageLimits(
+        max_bytes=int(config.get("max_bytes", os.environ.get("CARS_MAX_BYTES", defaults.max_bytes))),
+        max_pixels=int(config.get("max_pixels", os.environ.get("CARS_MAX_PIXELS", defaults.max_pixels))),
+    )
+
+
+def header(context, index: int, name: str) -> str:
+    """A request header, whatever case the frontend passed it in."""
+    value = context.get_request_header(index, name) or context.get_request_header(index, name.lower())
+    return value or ""
+
+
+class CarsHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        gpu_id = properties.get("gpu_id")
+        device = f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu"
+        self.limits = limits_from((context.model_yaml_config or {}).get("handler", {}))
+        self.embedder = Embedder.load(properties["model_dir"], device=device)
+        self.initialized = True
+        logger.info(
+            "cars model %s on %s: dim %d, limits %s",
+            self.embedder.model_version[:12],
+            device,
+            self.embedder.dim,
+            self.limits,
+        )
+
+    def handle(self, data: list[dict[str, Any]], context) -> list[dict[str, Any]]:
+        responses: list[dict[str, Any]] = [{} for _ in data]
+        images, positions = [], []
+        for index, item in enumerate(data):
+            try:
+                content_type = header(context, index, "Content-Type")
+                images.append(decode_image(request_bytes(item, content_type.lower()), self.limits))
+                positions.append(index)
+            except InvalidImage as error:
+                context.set_response_status(code=error.status, phrase=str(error)[:100], idx=index)
+                responses[index] = {"error": str(error), "status": error.status}
+        if images:
+            embeddings = self.embedder.embed(images)
+            for position, embedding in zip(positions, embeddings, strict=True):
+                responses[position] = {
+                    "embedding": embedding.tolist(),
+                    "dim": self.embedder.dim,
+                    "model_version": self.embedder.model_version,
+                }
+        context.metrics.add_metric("BatchSize", len(data), "count", metric_type=MetricTypes.GAUGE)
+        return responses

@@ -1,0 +1,140 @@
+"""Start and stop TorchServe for the cars model, with the checks `make serve` promises.
+
+    python -m serve.server start [--config serve/config.properties]   # waits until the model is ready
+    python -m serve.server stop
+
+`start` refuses clearly when Java is missing, the archive is missing or a port is taken, then
+waits until `/ping` is healthy and a worker of the model is READY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from train.errors import UsageError, run_cli
+
+MODEL = "cars"
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    """The key=value lines of a Java properties file (continuation lines joined)."""
+    text = re.sub(r"\\\n\s*", "", Path(path).read_text())
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def addresses(properties: dict[str, str]) -> dict[str, str]:
+    return {api: properties[f"{api}_address"] for api in ("inference", "management", "metrics")}
+
+
+def check_java() -> None:
+    if shutil.which("java") is None:
+        raise UsageError("TorchServe needs Java 17+, and no 'java' is on PATH: apt-get install openjdk-17-jre-headless")
+
+
+def check_ports_free(properties: dict[str, str]) -> None:
+    for api, url in addresses(properties).items():
+        host, port = re.match(r"https?://([^:/]+):(\d+)", url).groups()
+        with socket.socket() as probe:
+            if probe.connect_ex((host, int(port))) == 0:
+                raise UsageError(f"port {port} ({api} API, {url}) is already in use: `make stop` or free it")
+
+
+def check_archive(properties: dict[str, str]) -> None:
+    store = Path(properties.get("model_store", "model_store"))
+    for name in properties.get("load_models", "").split(","):
+        if name.endswith(".mar") and not (store / name).is_file():
+            raise UsageError(f"no model archive at {store / name}: run `make archive` first")
+
+
+def _get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return json.loads(response.read())
+
+
+def wait_until_ready(properties: dict[str, str], timeout: float = 180, process: subprocess.Popen | None = None) -> None:
+    """Polls /ping and the model's workers until one is READY; fails fast if `process` exits."""
+    urls = addresses(properties)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"TorchServe exited with status {process.returncode} before it was ready")
+        try:
+            healthy = _get_json(f"{urls['inference']}/ping").get("status") == "Healthy"
+            workers = _get_json(f"{urls['management']}/models/{MODEL}")[0]["workers"]
+            if healthy and any(worker["status"] == "READY" for worker in workers):
+                return
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"TorchServe did not get ready within {timeout:.0f} s; see its logs")
+
+
+def torchserve() -> str:
+    """The torchserve launcher next to this interpreter (the project's .venv), else on PATH."""
+    search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    executable = shutil.which("torchserve", path=search_path)
+    if executable is None:
+        raise UsageError("torchserve is not installed: run `make install`")
+    return executable
+
+
+def torchserve_command(config: Path, *extra: str) -> list[str]:
+    return [torchserve(), "--ts-config", str(config), "--ncs", *extra]
+
+
+def start(config: Path, log_dir: Path) -> None:
+    properties = read_properties(config)
+    check_java()
+    check_archive(properties)
+    check_ports_free(properties)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir)}
+    # The daemon must not hold our stdout/stderr open, or `make serve | tail` would never end.
+    with open(log_dir / "torchserve.out", "ab") as output:
+        subprocess.run(
+            [*torchserve_command(config), "--start"], check=True, env=env,
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until_ready(properties)
+    except (TimeoutError, RuntimeError) as error:
+        raise UsageError(f"{error} ({log_dir}/ts_log.log, {log_dir}/model_log.log)") from None
+    urls = addresses(properties)
+    print(f"TorchServe is ready: POST images to {urls['inference']}/predictions/{MODEL}")
+    print(f"  management {urls['management']}, metrics {urls['metrics']}/metrics, logs in {log_dir}/")
+
+
+def stop() -> None:
+    subprocess.run([torchserve(), "--stop"], check=False)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("start", "stop"), help="start (and wait until ready) or stop TorchServe")
+    parser.add_argument("--config", default="serve/config.properties", help="TorchServe config (default: %(default)s)")
+    parser.add_argument("--log-dir", default="logs", help="TorchServe's log directory (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    if args.action == "start":
+        start(Path(args.config), Path(args.log_dir))
+    else:
+        stop()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,65 @@
+"""make archive / make serve refuse clearly: no trained run, no archive, no Java, a taken port."""
+
+import socket
+
+from serve import archive, server
+from tests.conftest import ROOT, run_module
+from train.errors import run_cli
+
+
+def one_line_error(capsys, main, argv, message):
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+def test_archive_without_a_trained_run(capsys, tmp_path):
+    one_line_error(capsys, archive.main, ["--run", str(tmp_path / "nothing")], "no trained run at")
+
+
+def test_archive_refuses_a_servable_changed_after_training(capsys, tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "servable" / "head" / "config.json").write_text("{}")
+    one_line_error(capsys, archive.main, ["--run", str(run), "--model-store", str(tmp_path)], "does not match")
+
+
+def test_serve_without_an_archive(capsys, tmp_path):
+    config = tmp_path / "config.properties"
+    config.write_text(
+        (ROOT / "serve" / "config.properties").read_text().replace("model_store=model_store", f"model_store={tmp_path}")
+    )
+    one_line_error(capsys, server.main, ["start", "--config", str(config)], "no model archive at")
+
+
+def test_serve_without_java(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    one_line_error(capsys, server.main, ["start"], "TorchServe needs Java 17+")
+
+
+def test_serve_with_a_taken_port(capsys, tmp_path):
+    (tmp_path / "cars.mar").write_bytes(b"placeholder")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = (ROOT / "serve" / "config.properties").read_text()
+        text = text.replace("model_store=model_store", f"model_store={tmp_path}").replace(
+            "127.0.0.1:8081", f"127.0.0.1:{port}"
+        )
+        (tmp_path / "config.properties").write_text(text)
+        one_line_error(capsys, server.main, ["start", "--config", str(tmp_path / "config.properties")], f"port {port}")
+
+
+def test_shipped_config_is_loopback_only_and_locked_down():
+    properties = server.read_properties(ROOT / "serve" / "config.properties")
+    assert all(url.startswith("http://127.0.0.1:") for url in server.addresses(properties).values())
+    assert properties["enable_model_api"] == "false"
+    assert properties["allowed_urls"].startswith("^file://")
+    assert '"1.0"' in properties["models"] and archive.ARCHIVE_VERSION == "1.0"
+
+
+def test_archive_help():
+    assert run_module("serve.archive", "--help").returncode == 0

@@ -1,0 +1,161 @@
+"""Against a real TorchServe, started here on free loopback ports and always stopped."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import subprocess
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from serve.archive import build_archive
+from serve.embedder import Embedder, decode_image
+from serve.server import addresses, check_java, read_properties, torchserve_command, wait_until_ready
+from tests.conftest import ROOT
+from tests.serve.images import bad_images, valid_images
+
+pytestmark = pytest.mark.slow
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def server_config(tmp_path: Path, store: Path, **overrides: str) -> Path:
+    """The shipped serve/config.properties with free ports, a temp store and `overrides`."""
+    text = (ROOT / "serve" / "config.properties").read_text()
+    for api, port in zip(("inference", "management", "metrics"), free_ports(3), strict=True):
+        text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{port}", text, flags=re.M)
+    text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
+    for key, value in overrides.items():
+        text = re.sub(rf'"{key}": [^,\\]+', f'"{key}": {value}', text)
+    path = tmp_path / "config.properties"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    """TorchServe serving the tiny run, with a 300 ms batching window so batches form."""
+    check_java()
+    root = tmp_path_factory.mktemp("torchserve")
+    archive = build_archive(tiny_run, root / "store")
+    config = server_config(root, root / "store", maxBatchDelay="300")
+    env = {**os.environ, "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
+    process = subprocess.Popen(
+        [*torchserve_command(config), "--foreground"], env=env, cwd=root, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        properties = read_properties(config)
+        wait_until_ready(properties, timeout=180, process=process)
+        urls = addresses(properties)
+        yield {"url": f"{urls['inference']}/predictions/cars", "urls": urls, "archive": archive, "run": tiny_run}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_archive_holds_only_what_serving_needs(server):
+    names = set(zipfile.ZipFile(server["archive"]).namelist())
+    code = {"handler.py", "serve/__init__.py", "serve/embedder.py"}
+    code |= {f"train/{m}.py" for m in ("__init__", "errors", "encoders", "preprocessing")}
+    servable = {f"servable/{p}" for p in ("config.json", "head/config.json", "head/weights.bin")}
+    servable |= {"servable/encoders/default/encoder.json", "servable/encoders/default/weights.pt"}
+    assert names == code | servable | {"run.json", "MAR-INF/MANIFEST.json"}
+    assert not any(name.startswith("/") or str(ROOT) in name for name in names)
+
+
+def test_batch_settings_of_the_config_apply(server):
+    described = requests.get(f"{server['urls']['management']}/models/cars", timeout=5).json()[0]
+    assert (described["batchSize"], described["maxBatchDelay"], described["responseTimeout"]) == (8, 300, 60)
+
+
+def test_server_embedding_equals_in_process_embedder(server):
+    body = valid_images()["jpeg"]
+    response = requests.post(server["url"], data=body, timeout=30)
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    embedder = Embedder.load(server["run"])
+    expected = embedder.embed([decode_image(body)])[0]
+    assert payload["dim"] == embedder.dim == len(payload["embedding"])
+    assert payload["model_version"] == embedder.model_version
+    assert np.allclose(payload["embedding"], expected, atol=1e-5)
+
+
+def test_three_request_formats_give_the_same_embedding(server):
+    body = valid_images()["png"]
+    raw = requests.put(server["url"], data=body, timeout=30)  # curl -T
+    multipart = requests.post(server["url"], files={"data": ("car.png", body, "image/png")}, timeout=30)
+    as_json = requests.post(server["url"], json={"image": base64.b64encode(body).decode()}, timeout=30)
+    for response in (raw, multipart, as_json):
+        assert response.status_code == 200, response.text
+    assert np.allclose(raw.json()["embedding"], multipart.json()["embedding"])
+    assert np.allclose(raw.json()["embedding"], as_json.json()["embedding"])
+
+
+@pytest.mark.parametrize("name", sorted(valid_images()))
+def test_unusual_but_valid_images_return_200(server, name):
+    response = requests.post(server["url"], data=valid_images()[name], timeout=30)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("name", sorted(bad_images()))
+def test_bad_input_gets_its_4xx_and_the_server_keeps_answering(server, name):
+    body, status = bad_images()[name]
+    response = requests.post(server["url"], data=body, timeout=10)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+    assert requests.post(server["url"], data=valid_images()["jpeg"], timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "kwargs, status",
+    [
+        ({"json": {"image": "%%%"}}, 400),
+        ({"json": [1, 2, 3]}, 400),
+        ({"data": b"{oops", "headers": {"Content-Type": "application/json"}}, 400),
+        ({"files": {"other": ("x.jpg", b"abc")}}, 400),
+        ({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415),
+    ],
+)
+def test_malformed_requests_get_4xx_json(server, kwargs, status):
+    response = requests.post(server["url"], timeout=10, **kwargs)
+    assert response.status_code == status, response.text
+    assert "error" in response.json()
+
+
+def test_oversized_body_is_refused_with_413(server):
+    body = valid_images()["bmp"] + b"\0" * (11 * 1024 * 1024)  # over the handler's 10 MiB cap
+    response = requests.post(server["url"], data=body, timeout=30)
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+def test_concurrent_requests_are_batched_and_bad_items_fail_alone(server):
+    good = valid_images()["jpeg"]
+    bodies = [good if i % 4 else bad_images()["truncated-jpeg"][0] for i in range(16)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda body: requests.post(server["url"], data=body, timeout=60), bodies))
+    assert [r.status_code for r in responses] == [200 if i % 4 else 400 for i in range(16)]
+    reference = responses[1].json()["embedding"]
+    assert all(np.allclose(r.json()["embedding"], reference) for r in responses if r.status_code == 200)
+    metrics = requests.get(f"{server['urls']['metrics']}/metrics", timeout=5).text
+    sizes = [float(v) for v in re.findall(r'^BatchSize\{[^}]*ModelName="cars"[^}]*\} ([0-9.]+)$', metrics, re.M)]
+    assert sizes and max(sizes) > 1, metrics[-2000:]
