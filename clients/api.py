@@ -1,0 +1,72 @@
+"""HTTP client of the embedding server: requests + numpy only (no torch).
+
+Retries what is worth retrying (connection refused or reset, 503 while a worker restarts) with
+exponential backoff, and turns every failure into a `ClientError` with one readable line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8080/predictions/cars"
+RETRYABLE_STATUS = {502, 503, 504}
+
+
+class ClientError(Exception):
+    """Anything the user must fix or retry later; CLIs print it as one line and exit 2."""
+
+
+class ImageRejected(ClientError):
+    """The server refused this image (a 4xx): the file is the problem, not the server."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: np.ndarray  # float32 [dim], unit length
+    model_version: str
+
+
+class EmbeddingClient:
+    """One keep-alive session to `/predictions/<model>`; safe to share between threads."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 60.0, retries: int = 4, backoff: float = 0.25):
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.session = requests.Session()
+
+    def embed(self, image: bytes) -> Embedding:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.post(self.url, data=image, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as error:
+                if attempt == self.retries:
+                    raise ClientError(
+                        f"cannot reach the server at {self.url} ({type(error).__name__}); is it running? (make serve)"
+                    ) from None
+            else:
+                if response.status_code not in RETRYABLE_STATUS or attempt == self.retries:
+                    return self._parse(response)
+            time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _parse(self, response: requests.Response) -> Embedding:
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if 400 <= response.status_code < 500:
+            raise ImageRejected(payload.get("error") or f"HTTP {response.status_code}", response.status_code)
+        if response.status_code != 200 or "embedding" not in payload:
+            detail = payload.get("message") or payload.get("error") or response.text[:200]
+            raise ClientError(f"server error HTTP {response.status_code} from {self.url}: {detail}")
+        return Embedding(np.asarray(payload["embedding"], dtype=np.float32), payload["model_version"])

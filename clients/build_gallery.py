@@ -1,0 +1,120 @@
+"""Embed every image under DIR through the server into a gallery file.
+
+    python clients/build_gallery.py DIR [--out galleries/gallery.npz] [--url URL] [--concurrency 8]
+
+Labels come from the ImageFolder layout (DIR/<label>/<image>). Concurrent requests let the server
+batch. Resumable: images already in the gallery are skipped, progress is saved atomically every
+--checkpoint-every images, so a killed build loses at most that much and never the old gallery.
+Images the server rejects are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python clients/build_gallery.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm import tqdm
+
+from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
+from clients.cli import run_cli
+from clients.gallery import DEFAULT_GALLERY, Gallery
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def list_images(root: Path) -> list[tuple[str, str]]:
+    """(absolute path, label) of every image file; label = first folder under root, or ""."""
+    if not root.is_dir():
+        raise ClientError(f"image directory not found: {root}")
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        relative = path.relative_to(root)
+        found.append((str(path.resolve()), relative.parts[0] if len(relative.parts) > 1 else ""))
+    if not found:
+        raise ClientError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    return found
+
+
+def embed_file(client: EmbeddingClient, path: str):
+    return client.embed(Path(path).read_bytes())
+
+
+def build(args: argparse.Namespace) -> dict:
+    images = list_images(Path(args.images))
+    out = Path(args.out)
+    client = EmbeddingClient(args.url)
+    gallery = Gallery.load(out) if out.exists() and not args.rebuild else None
+    done = set(gallery.paths) if gallery else set()
+    pending = [(p, label) for p, label in images if p not in done]
+    added, skipped = 0, []
+    with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+        futures = {pool.submit(embed_file, client, path): (path, label) for path, label in pending}
+        try:
+            for future in tqdm(
+                as_completed(futures), total=len(futures), desc="embedding", unit="img", disable=args.json
+            ):
+                path, label = futures[future]
+                try:
+                    result = future.result()
+                except (ImageRejected, OSError) as error:
+                    skipped.append({"path": path, "error": str(error)})
+                    continue
+                if gallery is None:
+                    gallery = Gallery(result.model_version, len(result.vector))
+                gallery.check_version(result.model_version, args.url)
+                gallery.add(result.vector, [path], [label])
+                added += 1
+                if added % args.checkpoint_every == 0:
+                    gallery.save(out)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            if gallery is not None and added:
+                gallery.save(out)  # keep what is done: the next run resumes from here
+            raise
+    if gallery is None:
+        raise ClientError(f"the server rejected every image under {args.images}; first: {skipped[0]['error']}")
+    gallery.save(out)
+    return {"gallery": str(out), "added": added, "already_present": len(images) - len(pending),
+            "skipped": skipped, "total": len(gallery), "model_version": gallery.model_version}  # fmt: skip
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", help="directory of images (DIR/<label>/<image> gives labels)")
+    parser.add_argument("--out", default=DEFAULT_GALLERY, help="gallery file (default: %(default)s)")
+    parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=200, help="save every N new images (default: %(default)s)"
+    )
+    parser.add_argument("--rebuild", action="store_true", help="start over instead of resuming --out")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    if args.concurrency < 1 or args.checkpoint_every < 1:
+        raise ClientError("--concurrency and --checkpoint-every must be >= 1")
+    summary = build(args)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(
+        f"{summary['gallery']}: {summary['total']} images (added {summary['added']}, "
+        f"already present {summary['already_present']}, skipped {len(summary['skipped'])}), "
+        f"model {summary['model_version'][:12]}"
+    )
+    for item in summary["skipped"][:10]:
+        print(f"  skipped {item['path']}: {item['error']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,105 @@
+"""The gallery: embeddings of known cars in one local .npz file, searched by exact cosine top-k.
+
+One file holds a float32 matrix [N, dim] with, per row, the image path and label, plus metadata
+(model version, dimension, creation time). It loads without pickle in milliseconds, is replaced
+atomically (temp file + rename), and refuses to mix embeddings of different model versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from clients.api import ClientError
+
+FORMAT = "cars-gallery/1"
+DEFAULT_GALLERY = "galleries/gallery.npz"
+
+
+@dataclass
+class Gallery:
+    model_version: str
+    dim: int
+    embeddings: np.ndarray = field(default=None)  # float32 [N, dim]
+    paths: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def __post_init__(self) -> None:
+        if self.embeddings is None:
+            self.embeddings = np.zeros((0, self.dim), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
+        self.embeddings = np.concatenate([self.embeddings, np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)])
+        self.paths += paths
+        self.labels += labels
+
+    def check_version(self, model_version: str, where: str) -> None:
+        if model_version != self.model_version:
+            raise ClientError(
+                f"{where} serves model {model_version[:12]}, but the gallery was built with "
+                f"{self.model_version[:12]}: rebuild the gallery (make gallery) or serve that model"
+            )
+
+    def search(self, query: np.ndarray, top_k: int = 5) -> list[tuple[int, float]]:
+        """Exact cosine top-k: (row, score) from best to worst. Rows are unit length."""
+        if len(self) == 0:
+            return []
+        scores = self.embeddings @ np.asarray(query, dtype=np.float32)
+        k = min(top_k, len(scores))
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(int(i), float(scores[i])) for i in best]
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {"format": FORMAT, "model_version": self.model_version, "dim": self.dim, "created": self.created}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    embeddings=self.embeddings,
+                    paths=np.array(self.paths, dtype=str),
+                    labels=np.array(self.labels, dtype=str),
+                    metadata=np.array(json.dumps(metadata)),
+                )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path) -> Gallery:
+        path = Path(path)
+        if not path.is_file():
+            raise ClientError(f"no gallery at {path}: build one first (make gallery IMAGES=DIR)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                metadata = json.loads(str(data["metadata"]))
+                embeddings = data["embeddings"]
+                paths, labels = data["paths"].tolist(), data["labels"].tolist()
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+            raise ClientError(f"{path} is not a readable gallery ({type(error).__name__}); rebuild it") from None
+        if metadata.get("format") != FORMAT:
+            raise ClientError(f"{path} is not a gallery of this project (format {metadata.get('format')!r})")
+        if (
+            embeddings.dtype != np.float32
+            or embeddings.shape != (len(paths), metadata["dim"])
+            or len(labels) != len(paths)
+        ):
+            raise ClientError(f"{path} is inconsistent (shape {embeddings.shape}, {len(paths)} paths); rebuild it")
+        return cls(metadata["model_version"], metadata["dim"], embeddings, paths, labels, metadata["created"])
