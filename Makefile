@@ -5,6 +5,10 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
+# Thin clients get their own venv (no torch; qdrant-client needs protobuf >= 3.20, quaterion < 3.20).
+CLIENT_VENV := .venv-client
+CLIENT_PY   := $(CLIENT_VENV)/bin/python
+CLIENT_STAMP := $(CLIENT_VENV)/.installed
 REQS       := requirements/train.in requirements/serve.in requirements/quaterion.txt requirements/constraints.txt
 
 # Training defaults: the offline synthetic demo. For real cars, e.g.
@@ -20,8 +24,13 @@ EPOCHS     ?= $(if $(filter data/synthetic,$(DATA)),100,50)
 LR         ?= $(if $(filter data/synthetic,$(DATA)),0.03,0.003)
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
+URL        ?= http://127.0.0.1:8080/predictions/cars
+IMAGES     ?= $(DATA)
+GALLERY    ?= $(RUN)/gallery.npz
+# demo: the query is the first image of the first class the run held out (never seen in training)
+HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(pathlib.Path(sys.argv[2],c).iterdir())[0])' $(RUN)/run.json $(DATA))
 
-.PHONY: help install constraints synthetic train evaluate archive serve stop demo test lint clean
+.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean
 
 help:
 	@echo "make demo       synthetic data -> train -> evaluate, offline (installs first)"
@@ -32,6 +41,8 @@ help:
 	@echo "make archive    RUN=DIR: pack the run into model_store/cars.mar"
 	@echo "make serve      start TorchServe on 127.0.0.1:8080-8082 and wait until the model is ready"
 	@echo "make stop       stop TorchServe"
+	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
+	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
 	@echo "make lint       ruff"
 
 install: $(STAMP)
@@ -43,6 +54,13 @@ $(STAMP): $(REQS)
 	@# Quaterion declares Python < 3.11; its dependencies are in train.in, so only it skips the check.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python -r requirements/quaterion.txt
 	@command -v java >/dev/null 2>&1 || echo "warning: no 'java' found. Training works without it, but serving (TorchServe) needs Java 17+: apt-get install openjdk-17-jre-headless"
+	@touch $@
+
+client-install: $(CLIENT_STAMP)
+
+$(CLIENT_STAMP): requirements/client.txt requirements/client-qdrant.txt
+	@test -x $(CLIENT_PY) || $(PYTHON_SYS) -m venv $(CLIENT_VENV)
+	$(CLIENT_PY) -m pip install -q --disable-pip-version-check -r requirements/client-qdrant.txt
 	@touch $@
 
 constraints: $(STAMP)
@@ -72,10 +90,23 @@ serve: $(STAMP)
 stop: $(STAMP)
 	$(PY) -m serve.server stop
 
-demo: train
-	$(MAKE) evaluate RUN=$(RUN) DATA=$(DATA) DATASET=$(DATASET)
+gallery: $(CLIENT_STAMP)
+	$(CLIENT_PY) clients/build_gallery.py $(IMAGES) --store $(GALLERY) --url $(URL)
 
-test: $(STAMP)
+query: $(CLIENT_STAMP)
+	$(CLIENT_PY) clients/query.py $(IMAGE) --gallery $(GALLERY) --url $(URL)
+
+# The whole job, offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop
+# (TorchServe is stopped on failure too).
+demo: train $(CLIENT_STAMP)
+	$(MAKE) evaluate RUN=$(RUN) DATA=$(DATA) DATASET=$(DATASET)
+	$(MAKE) archive RUN=$(RUN)
+	$(PY) -m serve.server start --config serve/config.properties --log-dir logs
+	@trap '$(PY) -m serve.server stop >/dev/null' EXIT; \
+	  $(CLIENT_PY) clients/build_gallery.py $(DATA) --store $(GALLERY) --url $(URL) --rebuild && \
+	  $(CLIENT_PY) clients/query.py "$(HELD_OUT_IMAGE)" --gallery $(GALLERY) --url $(URL) --show $(RUN)/query.png
+
+test: $(STAMP) $(CLIENT_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

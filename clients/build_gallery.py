@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import run_cli
-from clients.gallery import DEFAULT_GALLERY, Gallery
+from clients.gallery import DEFAULT_GALLERY, is_qdrant, open_store
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -41,16 +41,40 @@ def list_images(root: Path) -> list[tuple[str, str]]:
     return found
 
 
+def existing_store(store: str):
+    """The gallery to resume, or None when there is none yet."""
+    if not is_qdrant(store) and not Path(store).exists():
+        return None
+    try:
+        return open_store(store)
+    except ClientError as error:
+        if str(error).startswith("no gallery at"):
+            return None
+        raise
+
+
+def probe_version(client: EmbeddingClient, images: list[tuple[str, str]]) -> str:
+    """The model version the server runs, from the first image it accepts."""
+    for path, _ in images[:20]:
+        try:
+            return embed_file(client, path).model_version
+        except (ImageRejected, OSError):
+            continue
+    raise ClientError("the server rejected the first 20 images; is this an image directory?")
+
+
 def embed_file(client: EmbeddingClient, path: str):
     return client.embed(Path(path).read_bytes())
 
 
 def build(args: argparse.Namespace) -> dict:
     images = list_images(Path(args.images))
-    out = Path(args.out)
+    out = args.out
     client = EmbeddingClient(args.url)
-    gallery = Gallery.load(out) if out.exists() and not args.rebuild else None
-    done = set(gallery.paths) if gallery else set()
+    gallery = None if args.rebuild else existing_store(out)
+    if gallery is not None:  # refuse another model before adding anything, even with nothing to add
+        gallery.check_version(probe_version(client, images), args.url)
+    done = gallery.known_paths() if gallery is not None else set()
     pending = [(p, label) for p, label in images if p not in done]
     added, skipped = 0, []
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
@@ -66,7 +90,7 @@ def build(args: argparse.Namespace) -> dict:
                     skipped.append({"path": path, "error": str(error)})
                     continue
                 if gallery is None:
-                    gallery = Gallery(result.model_version, len(result.vector))
+                    gallery = open_store(out, create=(result.model_version, len(result.vector)), fresh=args.rebuild)
                 gallery.check_version(result.model_version, args.url)
                 gallery.add(result.vector, [path], [label])
                 added += 1
@@ -81,14 +105,18 @@ def build(args: argparse.Namespace) -> dict:
     if gallery is None:
         raise ClientError(f"the server rejected every image under {args.images}; first: {skipped[0]['error']}")
     gallery.save(out)
-    return {"gallery": str(out), "added": added, "already_present": len(images) - len(pending),
+    return {"gallery": out, "added": added, "already_present": len(images) - len(pending),
             "skipped": skipped, "total": len(gallery), "model_version": gallery.model_version}  # fmt: skip
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", help="directory of images (DIR/<label>/<image> gives labels)")
-    parser.add_argument("--out", default=DEFAULT_GALLERY, help="gallery file (default: %(default)s)")
+    parser.add_argument(
+        "--out", "--store", dest="out", default=DEFAULT_GALLERY,
+        help="gallery: a .npz file, or qdrant://DIR?collection=NAME (embedded) / qdrant+http://HOST:PORT/NAME "
+        "(default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
     parser.add_argument(

@@ -23,6 +23,13 @@ FORMAT = "cars-gallery/1"
 DEFAULT_GALLERY = "galleries/gallery.npz"
 
 
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    label: str
+    score: float
+
+
 @dataclass
 class Gallery:
     model_version: str
@@ -51,17 +58,21 @@ class Gallery:
                 f"{self.model_version[:12]}: rebuild the gallery (make gallery) or serve that model"
             )
 
-    def search(self, query: np.ndarray, top_k: int = 5) -> list[tuple[int, float]]:
-        """Exact cosine top-k: (row, score) from best to worst. Rows are unit length."""
+    def known_paths(self) -> set[str]:
+        return set(self.paths)
+
+    def search(self, query: np.ndarray, top_k: int = 5) -> list[Hit]:
+        """Exact cosine top-k from best to worst (rows and queries are unit length)."""
         if len(self) == 0:
             return []
         scores = self.embeddings @ np.asarray(query, dtype=np.float32)
         k = min(top_k, len(scores))
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]
-        return [(int(i), float(scores[i])) for i in best]
+        return [Hit(self.paths[i], self.labels[i], float(scores[i])) for i in best]
 
     def save(self, path: str | Path) -> None:
+        """Replaces the file at `path` atomically: readers see the old or the new gallery."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"format": FORMAT, "model_version": self.model_version, "dim": self.dim, "created": self.created}
@@ -92,7 +103,7 @@ class Gallery:
                 metadata = json.loads(str(data["metadata"]))
                 embeddings = data["embeddings"]
                 paths, labels = data["paths"].tolist(), data["labels"].tolist()
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
             raise ClientError(f"{path} is not a readable gallery ({type(error).__name__}); rebuild it") from None
         if metadata.get("format") != FORMAT:
             raise ClientError(f"{path} is not a gallery of this project (format {metadata.get('format')!r})")
@@ -103,3 +114,22 @@ class Gallery:
         ):
             raise ClientError(f"{path} is inconsistent (shape {embeddings.shape}, {len(paths)} paths); rebuild it")
         return cls(metadata["model_version"], metadata["dim"], embeddings, paths, labels, metadata["created"])
+
+
+def is_qdrant(store: str) -> bool:
+    return store.startswith(("qdrant://", "qdrant+http://", "qdrant+https://"))
+
+
+def open_store(store: str, create: tuple[str, int] | None = None, fresh: bool = False):
+    """The gallery at `store`: a .npz path, or a Qdrant location (see clients/qdrant_store.py).
+
+    `create=(model_version, dim)` makes an empty gallery when there is none yet (or, with
+    `fresh`, replaces it: a file only when first saved, so a killed rebuild keeps the old one).
+    """
+    if is_qdrant(store):
+        from clients.qdrant_store import QdrantGallery
+
+        return QdrantGallery.open(store, create, fresh)
+    if create is not None and (fresh or not Path(store).exists()):
+        return Gallery(*create)
+    return Gallery.load(store)

@@ -18,10 +18,10 @@ if __package__ in (None, ""):  # run as `python clients/query.py`
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import run_cli
-from clients.gallery import DEFAULT_GALLERY, Gallery
+from clients.gallery import DEFAULT_GALLERY, open_store
 
 
-def query(image: Path, gallery: Gallery, client: EmbeddingClient, top_k: int) -> dict:
+def query(image: Path, gallery, client: EmbeddingClient, top_k: int) -> dict:
     if not image.is_file():
         raise ClientError(f"image not found: {image}")
     try:
@@ -31,10 +31,10 @@ def query(image: Path, gallery: Gallery, client: EmbeddingClient, top_k: int) ->
     gallery.check_version(embedding.model_version, client.url)
     # The query's own file, if it is in the gallery, is not a result: it would always rank first.
     itself = str(image.resolve())
-    hits = [(row, score) for row, score in gallery.search(embedding.vector, top_k + 1) if gallery.paths[row] != itself]
+    hits = [hit for hit in gallery.search(embedding.vector, top_k + 1) if hit.path != itself]
     results = [
-        {"rank": rank, "score": round(score, 4), "label": gallery.labels[row], "path": gallery.paths[row]}
-        for rank, (row, score) in enumerate(hits[:top_k], start=1)
+        {"rank": rank, "score": round(hit.score, 4), "label": hit.label, "path": hit.path}
+        for rank, hit in enumerate(hits[:top_k], start=1)
     ]
     return {"query": str(image), "model_version": embedding.model_version, "results": results}
 
@@ -51,7 +51,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", help="image file to search with")
     parser.add_argument("--top-k", type=int, default=5, help="number of results (default: %(default)s)")
-    parser.add_argument("--gallery", default=DEFAULT_GALLERY, help="gallery file (default: %(default)s)")
+    parser.add_argument(
+        "--gallery", "--store", dest="gallery", default=DEFAULT_GALLERY,
+        help="gallery: a .npz file or a qdrant://... location (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PNG", help="also draw the query and its results into this picture")
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.top_k < 1:
         raise ClientError(f"--top-k must be >= 1, got {args.top_k}")
-    gallery = Gallery.load(args.gallery)
+    gallery = open_store(args.gallery)
     answer = query(Path(args.image), gallery, EmbeddingClient(args.url), args.top_k)
     if args.show:
         from clients.picture import draw_results

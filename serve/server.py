@@ -110,6 +110,7 @@ def start(config: Path, log_dir: Path) -> None:
     try:
         wait_until_ready(properties)
     except (TimeoutError, RuntimeError) as error:
+        stop()  # never leave a half-started server behind
         raise UsageError(f"{error} ({log_dir}/ts_log.log, {log_dir}/model_log.log)") from None
     urls = addresses(properties)
     print(f"TorchServe is ready: POST images to {urls['inference']}/predictions/{MODEL}")

@@ -56,3 +56,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real TorchServe for the whole session, serving `tiny_run` (see tests/torchserve.py)."""
+    from tests.torchserve import running_torchserve
+
+    with running_torchserve(tiny_run, tmp_path_factory.mktemp("torchserve")) as handle:
+        yield handle

@@ -3,74 +3,19 @@
 from __future__ import annotations
 
 import base64
-import os
 import re
-import signal
-import socket
-import subprocess
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from serve.archive import build_archive
 from serve.embedder import Embedder, decode_image
-from serve.server import addresses, check_java, read_properties, torchserve_command, wait_until_ready
 from tests.conftest import ROOT
 from tests.serve.images import bad_images, valid_images
 
 pytestmark = pytest.mark.slow
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def server_config(tmp_path: Path, store: Path, **overrides: str) -> Path:
-    """The shipped serve/config.properties with free ports, a temp store and `overrides`."""
-    text = (ROOT / "serve" / "config.properties").read_text()
-    for api, port in zip(("inference", "management", "metrics"), free_ports(3), strict=True):
-        text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{port}", text, flags=re.M)
-    text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
-    for key, value in overrides.items():
-        text = re.sub(rf'"{key}": [^,\\]+', f'"{key}": {value}', text)
-    path = tmp_path / "config.properties"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    """TorchServe serving the tiny run, with a 300 ms batching window so batches form."""
-    check_java()
-    root = tmp_path_factory.mktemp("torchserve")
-    archive = build_archive(tiny_run, root / "store")
-    config = server_config(root, root / "store", maxBatchDelay="300")
-    env = {**os.environ, "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
-    process = subprocess.Popen(
-        [*torchserve_command(config), "--foreground"], env=env, cwd=root, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        properties = read_properties(config)
-        wait_until_ready(properties, timeout=180, process=process)
-        urls = addresses(properties)
-        yield {"url": f"{urls['inference']}/predictions/cars", "urls": urls, "archive": archive, "run": tiny_run}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_archive_holds_only_what_serving_needs(server):

@@ -1,0 +1,93 @@
+"""The gallery file and its search, without a server."""
+
+import numpy as np
+import pytest
+
+from clients.api import ClientError
+from clients.gallery import Gallery, open_store
+
+
+def random_gallery(n=50, dim=8, seed=0, version="v1"):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    gallery = Gallery(version, dim)
+    gallery.add(vectors, [f"/img/{i}.jpg" for i in range(n)], [f"class{i % 5}" for i in range(n)])
+    return gallery, vectors
+
+
+def test_save_load_round_trip(tmp_path):
+    gallery, vectors = random_gallery()
+    gallery.save(tmp_path / "g.npz")
+    loaded = Gallery.load(tmp_path / "g.npz")
+    assert (loaded.model_version, loaded.dim, loaded.created) == ("v1", 8, gallery.created)
+    assert np.array_equal(loaded.embeddings, vectors) and loaded.embeddings.dtype == np.float32
+    assert loaded.paths == gallery.paths and loaded.labels == gallery.labels
+
+
+def test_search_is_exact_cosine_top_k():
+    gallery, vectors = random_gallery(n=200)
+    query = vectors[7] + 0.1 * vectors[3]
+    query /= np.linalg.norm(query)
+    hits = gallery.search(query, top_k=10)
+    expected = np.argsort(-(vectors @ query))[:10]
+    assert [h.path for h in hits] == [f"/img/{i}.jpg" for i in expected]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len(gallery.search(query, top_k=1000)) == 200
+    assert Gallery("v1", 8).search(query) == []
+
+
+def test_a_failed_save_keeps_the_previous_gallery(tmp_path, monkeypatch):
+    path = tmp_path / "g.npz"
+    random_gallery(n=10)[0].save(path)
+    bigger = random_gallery(n=20)[0]
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bigger.save(path)
+    assert len(Gallery.load(path)) == 10
+    assert [p.name for p in tmp_path.iterdir()] == ["g.npz"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no gallery at"),
+        (b"", "is not a readable gallery"),
+        (b"plain text, not a gallery", "is not a readable gallery"),
+    ],
+)
+def test_missing_or_foreign_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "g.npz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ClientError, match=message):
+        Gallery.load(path)
+
+
+def test_truncated_and_foreign_npz_are_refused(tmp_path):
+    path = tmp_path / "g.npz"
+    random_gallery()[0].save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ClientError, match="is not a readable gallery"):
+        Gallery.load(path)
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with pytest.raises(ClientError, match="is not a readable gallery"):
+        Gallery.load(tmp_path / "other.npz")
+
+
+def test_versions_do_not_mix(tmp_path):
+    gallery = random_gallery()[0]
+    gallery.check_version("v1", "server")
+    with pytest.raises(ClientError, match="serves model v2.*built with v1"):
+        gallery.check_version("v2", "server")
+
+
+def test_open_store_creates_only_when_asked(tmp_path):
+    with pytest.raises(ClientError, match="no gallery at"):
+        open_store(str(tmp_path / "new.npz"))
+    created = open_store(str(tmp_path / "new.npz"), create=("v9", 4))
+    assert (created.model_version, created.dim, len(created)) == ("v9", 4, 0)

@@ -1,0 +1,64 @@
+"""A real TorchServe for tests: free loopback ports, waits until ready, always stopped."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from serve.archive import build_archive
+from serve.server import addresses, check_java, read_properties, torchserve_command, wait_until_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def server_config(tmp_path: Path, store: Path, **overrides: str) -> Path:
+    """The shipped serve/config.properties with free ports, a temp store and `overrides`."""
+    text = (ROOT / "serve" / "config.properties").read_text()
+    for api, port in zip(("inference", "management", "metrics"), free_ports(3), strict=True):
+        text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{port}", text, flags=re.M)
+    text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
+    for key, value in overrides.items():
+        text = re.sub(rf'"{key}": [^,\\]+', f'"{key}": {value}', text)
+    path = tmp_path / "config.properties"
+    path.write_text(text)
+    return path
+
+
+@contextmanager
+def running_torchserve(run: Path, root: Path) -> Iterator[dict]:
+    """TorchServe serving `run`, with a 300 ms batching window so batches form."""
+    check_java()
+    archive = build_archive(run, root / "store")
+    config = server_config(root, root / "store", maxBatchDelay="300")
+    env = {**os.environ, "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
+    process = subprocess.Popen(
+        [*torchserve_command(config), "--foreground"], env=env, cwd=root, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        properties = read_properties(config)
+        wait_until_ready(properties, timeout=180, process=process)
+        urls = addresses(properties)
+        yield {"url": f"{urls['inference']}/predictions/cars", "urls": urls, "archive": archive, "run": run}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
