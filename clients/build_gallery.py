@@ -19,6 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python clients/build_gallery.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 from tqdm import tqdm
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
@@ -76,7 +77,14 @@ def build(args: argparse.Namespace) -> dict:
         gallery.check_version(probe_version(client, images), args.url)
     done = gallery.known_paths() if gallery is not None else set()
     pending = [(p, label) for p, label in images if p not in done]
-    added, skipped = 0, []
+    added, skipped, batch = 0, [], []  # batch: rows not yet in the gallery, added in bulk
+
+    def flush() -> None:
+        if batch:
+            gallery.add(np.stack([r.vector for r, _, _ in batch]), [p for _, p, _ in batch], [lb for _, _, lb in batch])
+            batch.clear()
+        gallery.save(out)
+
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
         futures = {pool.submit(embed_file, client, path): (path, label) for path, label in pending}
         try:
@@ -92,19 +100,19 @@ def build(args: argparse.Namespace) -> dict:
                 if gallery is None:
                     gallery = open_store(out, create=(result.model_version, len(result.vector)), fresh=args.rebuild)
                 gallery.check_version(result.model_version, args.url)
-                gallery.add(result.vector, [path], [label])
+                batch.append((result, path, label))
                 added += 1
                 if added % args.checkpoint_every == 0:
-                    gallery.save(out)
+                    flush()
         except BaseException:
             for future in futures:
                 future.cancel()
             if gallery is not None and added:
-                gallery.save(out)  # keep what is done: the next run resumes from here
+                flush()  # keep what is done: the next run resumes from here
             raise
     if gallery is None:
         raise ClientError(f"the server rejected every image under {args.images}; first: {skipped[0]['error']}")
-    gallery.save(out)
+    flush()
     return {"gallery": out, "added": added, "already_present": len(images) - len(pending),
             "skipped": skipped, "total": len(gallery), "model_version": gallery.model_version}  # fmt: skip
 
