@@ -26,7 +26,7 @@ TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 URL        ?= http://127.0.0.1:8080/predictions/cars
 IMAGES     ?= $(DATA)
-GALLERY    ?= $(RUN)/gallery.npz
+GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
 HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(pathlib.Path(sys.argv[2],c).iterdir())[0])' $(RUN)/run.json $(DATA))
 
