@@ -28,7 +28,7 @@ URL        ?= http://127.0.0.1:8080/predictions/cars
 IMAGES     ?= $(DATA)
 GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
-HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(pathlib.Path(sys.argv[2],c).iterdir())[0])' $(RUN)/run.json $(DATA))
+HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(p for p in pathlib.Path(sys.argv[2],c).iterdir() if p.suffix.lower() in {".jpg",".jpeg",".png",".webp",".bmp",".gif",".tif",".tiff"})[0])' $(RUN)/run.json $(DATA))
 
 .PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean
 
@@ -36,6 +36,9 @@ help:
 	@echo "make demo       synthetic data -> train -> evaluate, offline (installs first)"
 	@echo "make test       run the test suite (installs first)"
 	@echo "make install    create $(VENV) with the pinned environment (idempotent)"
+	@echo "make client-install  create $(CLIENT_VENV) for the thin clients (+ qdrant-client)"
+	@echo "make synthetic  generate data/synthetic (SYNTHETIC shapes, for the demo)"
+	@echo "make constraints  re-freeze requirements/constraints.txt from $(VENV)"
 	@echo "make train      DATA=DIR RUN=DIR [BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= TRAIN_ARGS=]"
 	@echo "make evaluate   RUN=DIR DATA=DIR: base vs tuned on the held-out classes"
 	@echo "make archive    RUN=DIR: pack the run into model_store/cars.mar"
@@ -44,6 +47,7 @@ help:
 	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
 	@echo "make lint       ruff"
+	@echo "make clean      remove runs, generated data, caches, logs and archives"
 
 install: $(STAMP)
 

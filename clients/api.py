@@ -6,6 +6,7 @@ exponential backoff, and turns every failure into a `ClientError` with one reada
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import requests
 
 DEFAULT_URL = "http://127.0.0.1:8080/predictions/cars"
 RETRYABLE_STATUS = {502, 503, 504}
+IMAGE_ERRORS = {400, 413, 415}  # the handler's verdicts on one image
 
 
 class ClientError(Exception):
@@ -35,20 +37,31 @@ class Embedding:
 
 
 class EmbeddingClient:
-    """One keep-alive session to `/predictions/<model>`; safe to share between threads."""
+    """Keep-alive connections to `/predictions/<model>`; safe to share between threads (a
+    requests.Session per thread, since Session itself is not guaranteed thread-safe)."""
 
     def __init__(self, url: str = DEFAULT_URL, timeout: float = 60.0, retries: int = 4, backoff: float = 0.25):
         self.url = url
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self.session = requests.Session()
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
 
     def embed(self, image: bytes) -> Embedding:
         for attempt in range(self.retries + 1):
             try:
                 response = self.session.post(self.url, data=image, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as error:
+            except requests.exceptions.InvalidURL as error:
+                raise ClientError(f"invalid server URL {self.url!r}: {error}") from None
+            except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as error:
+                raise ClientError(f"invalid server URL {self.url!r}: {error}") from None
+            except requests.RequestException as error:
                 if attempt == self.retries:
                     raise ClientError(
                         f"cannot reach the server at {self.url} ({type(error).__name__}); is it running? (make serve)"
@@ -64,8 +77,12 @@ class EmbeddingClient:
             payload = response.json()
         except ValueError:
             payload = {}
-        if 400 <= response.status_code < 500:
-            raise ImageRejected(payload.get("error") or f"HTTP {response.status_code}", response.status_code)
+        if not isinstance(payload, dict):
+            payload = {}
+        if response.status_code in IMAGE_ERRORS and isinstance(payload, dict) and "error" in payload:
+            raise ImageRejected(payload["error"], response.status_code)
+        if response.status_code == 404:
+            raise ClientError(f"no model at {self.url} (HTTP 404): check --url and that the model is served")
         if response.status_code != 200 or "embedding" not in payload:
             detail = payload.get("message") or payload.get("error") or response.text[:200]
             raise ClientError(f"server error HTTP {response.status_code} from {self.url}: {detail}")

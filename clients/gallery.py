@@ -103,17 +103,14 @@ class Gallery:
                 metadata = json.loads(str(data["metadata"]))
                 embeddings = data["embeddings"]
                 paths, labels = data["paths"].tolist(), data["labels"].tolist()
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+            version, dim, created = metadata["model_version"], int(metadata["dim"]), metadata["created"]
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise ClientError(f"{path} is not a readable gallery ({type(error).__name__}); rebuild it") from None
         if metadata.get("format") != FORMAT:
             raise ClientError(f"{path} is not a gallery of this project (format {metadata.get('format')!r})")
-        if (
-            embeddings.dtype != np.float32
-            or embeddings.shape != (len(paths), metadata["dim"])
-            or len(labels) != len(paths)
-        ):
+        if embeddings.dtype != np.float32 or embeddings.shape != (len(paths), dim) or len(labels) != len(paths):
             raise ClientError(f"{path} is inconsistent (shape {embeddings.shape}, {len(paths)} paths); rebuild it")
-        return cls(metadata["model_version"], metadata["dim"], embeddings, paths, labels, metadata["created"])
+        return cls(version, dim, embeddings, paths, labels, created)
 
 
 def is_qdrant(store: str) -> bool:

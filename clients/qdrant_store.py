@@ -44,12 +44,20 @@ class QdrantGallery:
         if QdrantClient is None:
             raise ClientError("the Qdrant store needs qdrant-client: pip install -r requirements/client-qdrant.txt")
         location, collection = _parse(store)
-        client = QdrantClient(**location)
+        try:
+            return cls._open(QdrantClient(**location), store, collection, create, fresh)
+        except ClientError:
+            raise
+        except Exception as error:  # server down, embedded directory locked by another process...
+            raise ClientError(f"cannot open Qdrant gallery {store}: {type(error).__name__}: {error}") from None
+
+    @classmethod
+    def _open(cls, client, store: str, collection: str, create, fresh: bool) -> QdrantGallery:
         if fresh and create is not None and client.collection_exists(collection):
             client.delete_collection(collection)
         if not client.collection_exists(collection):
             if create is None:
-                raise ClientError(f"no gallery at {store}: build one first (make gallery IMAGES=DIR STORE={store})")
+                raise ClientError(f"no gallery at {store}: build one first (make gallery IMAGES=DIR GALLERY={store})")
             version, dim = create
             client.create_collection(
                 collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from serve.server import MODEL, find_tool
 from train.artifacts import directory_sha256
 from train.errors import UsageError, run_cli
 
@@ -41,7 +42,10 @@ RUNTIME_SOURCES = (
 def check_run(run_dir: Path) -> dict:
     if not (run_dir / "run.json").is_file() or not (run_dir / "servable").is_dir():
         raise UsageError(f"no trained run at {run_dir}: train one first (make train RUN={run_dir})")
-    run = json.loads((run_dir / "run.json").read_text())
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+    except ValueError as error:
+        raise UsageError(f"{run_dir}/run.json is not valid JSON: {error}") from None
     actual = directory_sha256(run_dir / "servable")
     if run.get("model_version") != actual:
         raise UsageError(f"{run_dir}/servable does not match its run.json (content changed after training?)")
@@ -56,14 +60,10 @@ def stage(run_dir: Path, into: Path) -> None:
     shutil.copy2(run_dir / "run.json", into / "run.json")
 
 
-def build_archive(run_dir: Path, model_store: Path, name: str = "cars") -> Path:
+def build_archive(run_dir: Path, model_store: Path, name: str = MODEL) -> Path:
     """Writes model_store/<name>.mar atomically and returns its path."""
     run = check_run(run_dir)
-    # Prefer the archiver next to this interpreter (the project's .venv), then PATH.
-    search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    archiver = shutil.which("torch-model-archiver", path=search_path)
-    if archiver is None:
-        raise UsageError("torch-model-archiver is not installed: run `make install`")
+    archiver = find_tool("torch-model-archiver")
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=model_store, prefix=".archive-") as tmp:
         staged, export = Path(tmp) / "extra", Path(tmp) / "export"
@@ -79,7 +79,8 @@ def build_archive(run_dir: Path, model_store: Path, name: str = "cars") -> Path:
         ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise UsageError(f"torch-model-archiver failed: {result.stderr.strip().splitlines()[-1:]}")
+            last = (result.stderr or result.stdout).strip().splitlines()
+            raise UsageError(f"torch-model-archiver failed: {last[-1] if last else f'status {result.returncode}'}")
         target = model_store / f"{name}.mar"
         os.replace(export / f"{name}.mar", target)
     print(f"Wrote {target} ({target.stat().st_size / 1e6:.1f} MB), model version {run['model_version'][:12]}")
@@ -90,13 +91,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/latest", help="trained run directory (default: runs/latest)")
     parser.add_argument("--model-store", default="model_store", help="where to write the .mar (default: model_store)")
-    parser.add_argument("--name", default="cars", help="model name, i.e. /predictions/<name> (default: cars)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    build_archive(Path(args.run), Path(args.model_store), args.name)
+    build_archive(Path(args.run), Path(args.model_store))
 
 
 if __name__ == "__main__":

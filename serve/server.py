@@ -29,18 +29,33 @@ MODEL = "cars"
 
 def read_properties(path: str | Path) -> dict[str, str]:
     """The key=value lines of a Java properties file (continuation lines joined)."""
+    if not Path(path).is_file():
+        raise UsageError(f"TorchServe config not found: {path}")
     text = re.sub(r"\\\n\s*", "", Path(path).read_text())
     pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
 
 
 def addresses(properties: dict[str, str]) -> dict[str, str]:
-    return {api: properties[f"{api}_address"] for api in ("inference", "management", "metrics")}
+    found = {api: properties.get(f"{api}_address", "") for api in ("inference", "management", "metrics")}
+    for api, url in found.items():
+        if not re.fullmatch(r"https?://[^:/]+:\d+", url):
+            raise UsageError(f"{api}_address must look like http://127.0.0.1:8080, got {url!r}")
+    return found
 
 
 def check_java() -> None:
+    """TorchServe 0.12's frontend needs Java 17 or newer."""
+    hint = "apt-get install openjdk-17-jre-headless"
     if shutil.which("java") is None:
-        raise UsageError("TorchServe needs Java 17+, and no 'java' is on PATH: apt-get install openjdk-17-jre-headless")
+        raise UsageError(f"TorchServe needs Java 17+, and no 'java' is on PATH: {hint}")
+    banner = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
+    version = re.search(r'version "(\d+)(?:\.(\d+))?', banner)
+    major = int(version.group(1)) if version else 0
+    if major == 1 and version.group(2):  # "1.8.0" is Java 8
+        major = int(version.group(2))
+    if major < 17:
+        raise UsageError(f"TorchServe needs Java 17+, found {banner.splitlines()[0] if banner else 'unknown'}: {hint}")
 
 
 def check_ports_free(properties: dict[str, str]) -> None:
@@ -75,23 +90,23 @@ def wait_until_ready(properties: dict[str, str], timeout: float = 180, process: 
             workers = _get_json(f"{urls['management']}/models/{MODEL}")[0]["workers"]
             if healthy and any(worker["status"] == "READY" for worker in workers):
                 return
-        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError):
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
             pass
         time.sleep(0.5)
     raise TimeoutError(f"TorchServe did not get ready within {timeout:.0f} s; see its logs")
 
 
-def torchserve() -> str:
-    """The torchserve launcher next to this interpreter (the project's .venv), else on PATH."""
+def find_tool(name: str) -> str:
+    """A console script next to this interpreter (the project's .venv), else on PATH."""
     search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    executable = shutil.which("torchserve", path=search_path)
+    executable = shutil.which(name, path=search_path)
     if executable is None:
-        raise UsageError("torchserve is not installed: run `make install`")
+        raise UsageError(f"{name} is not installed: run `make install`")
     return executable
 
 
 def torchserve_command(config: Path, *extra: str) -> list[str]:
-    return [torchserve(), "--ts-config", str(config), "--ncs", *extra]
+    return [find_tool("torchserve"), "--ts-config", str(config), "--ncs", *extra]
 
 
 def start(config: Path, log_dir: Path) -> None:
@@ -103,22 +118,26 @@ def start(config: Path, log_dir: Path) -> None:
     env = {**os.environ, "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir)}
     # The daemon must not hold our stdout/stderr open, or `make serve | tail` would never end.
     with open(log_dir / "torchserve.out", "ab") as output:
-        subprocess.run(
-            [*torchserve_command(config), "--start"], check=True, env=env,
+        started = subprocess.run(
+            [*torchserve_command(config), "--start"], env=env,
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    if started.returncode != 0:
+        raise UsageError(f"torchserve --start failed (status {started.returncode}); see {log_dir}/torchserve.out")
     try:
         wait_until_ready(properties)
-    except (TimeoutError, RuntimeError) as error:
-        stop()  # never leave a half-started server behind
-        raise UsageError(f"{error} ({log_dir}/ts_log.log, {log_dir}/model_log.log)") from None
+    except BaseException as error:
+        stop()  # never leave a half-started server behind, Ctrl-C included
+        if isinstance(error, (TimeoutError, RuntimeError)):
+            raise UsageError(f"{error} ({log_dir}/ts_log.log, {log_dir}/model_log.log)") from None
+        raise
     urls = addresses(properties)
     print(f"TorchServe is ready: POST images to {urls['inference']}/predictions/{MODEL}")
     print(f"  management {urls['management']}, metrics {urls['metrics']}/metrics, logs in {log_dir}/")
 
 
 def stop() -> None:
-    subprocess.run([torchserve(), "--stop"], check=False)
+    subprocess.run([find_tool("torchserve"), "--stop"], check=False)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -36,8 +36,10 @@ def write_dir_atomic(path: str | Path, fill: Callable[[str], None]) -> None:
     """Calls `fill(tmp_dir)`, then swaps the finished directory into `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():  # a swap was interrupted: put the previous one back
+        os.replace(old, path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         fill(str(tmp))
         shutil.rmtree(old, ignore_errors=True)

@@ -154,7 +154,10 @@ class CarsDataset(Dataset):
     def __getitem__(self, index: int) -> SimilarityGroupSample:
         if index >= len(self.images):
             raise IndexError(index)
-        image = load_image(self.images.paths[index])
+        try:
+            image = load_image(self.images.paths[index])
+        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+            raise UsageError(f"cannot read image {self.images.paths[index]}: {error}") from None
         if self.augment is not None:
             image = self.augment(image)
         return SimilarityGroupSample(obj=image, group=self.class_ids[self.images.classes[index]])

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from train.artifacts import write_dir_atomic
 from train.errors import UsageError, run_cli
 
 COLOURS = {
@@ -79,23 +78,18 @@ def generate(
         raise UsageError(f"--colours must be 1..{len(COLOURS)} and --shapes 1..{len(SHAPES)}")
     if per_class < 2 or size < 16:
         raise UsageError("--per-class must be >= 2 and --size >= 16")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     rng = random.Random(seed)
-    try:
+
+    def fill(tmp: str) -> None:
         for colour in list(COLOURS)[:colours]:
             for shape in SHAPES[:shapes]:
-                folder = tmp / f"synthetic_{colour}_{shape}"
+                folder = Path(tmp) / f"synthetic_{colour}_{shape}"
                 folder.mkdir()
                 for i in range(per_class):
                     draw_sample(colour, shape, size, rng).save(folder / f"{i:04d}.jpg", quality=90)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    out = Path(out)
+    write_dir_atomic(out, fill)
     return out
 
 

@@ -146,6 +146,10 @@ def test_client_errors_are_one_line_and_exit_2(server, images, gallery, tmp_path
         "no gallery at": query(server, image, str(tmp_path / "missing.npz")),
         "image not found": query(server, tmp_path / "missing.jpg", gallery),
         "image directory not found": client("build_gallery", str(tmp_path / "nothing"), "--url", server["url"]),
+        "no model at": client(
+            "query", str(image), "--gallery", gallery, "--url", server["url"].replace("cars", "bikes")
+        ),
+        "invalid server URL": client("query", str(image), "--gallery", gallery, "--url", "localhost:8080/x"),
     }
     for message, result in cases.items():
         assert result.returncode == 2, (message, result.stderr)

@@ -63,3 +63,26 @@ def test_shipped_config_is_loopback_only_and_locked_down():
 
 def test_archive_help():
     assert run_module("serve.archive", "--help").returncode == 0
+
+
+def test_serve_with_an_old_java(capsys, monkeypatch, tmp_path):
+    fake = tmp_path / "java"
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    one_line_error(capsys, server.main, ["start"], 'TorchServe needs Java 17+, found openjdk version "11.0.22"')
+
+
+def test_serve_with_a_missing_or_broken_config(capsys, tmp_path):
+    one_line_error(capsys, server.main, ["start", "--config", str(tmp_path / "nope.properties")], "config not found")
+    (tmp_path / "bad.properties").write_text("inference_address=0.0.0.0\n")
+    one_line_error(capsys, server.main, ["start", "--config", str(tmp_path / "bad.properties")], "must look like")
+
+
+def test_archive_with_a_corrupt_run_json(capsys, tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "run.json").write_text("{truncated")
+    one_line_error(capsys, archive.main, ["--run", str(run), "--model-store", str(tmp_path)], "is not valid JSON")

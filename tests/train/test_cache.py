@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 from train.cache import CacheDirectory, cache_fingerprint
 from train.data import load_image_list, split_classes, split_validation
@@ -67,3 +68,30 @@ def test_held_out_images_do_not_touch_the_training_cache(small_data):
     with open(sorted((small_data / held_out_class).glob("*.jpg"))[0], "ab") as f:
         f.write(b"\0")
     assert fingerprint_of(small_data) == base
+
+
+def test_an_interrupted_directory_swap_is_recovered(tmp_path):
+    from train.artifacts import write_dir_atomic
+
+    def writer(content):
+        def fill(tmp):
+            (Path(tmp) / "file").write_text(content)
+
+        return fill
+
+    target = tmp_path / "servable"
+    write_dir_atomic(target, writer("first"))
+    os.replace(target, tmp_path / ".servable.old")  # killed between the two renames of a swap
+    write_dir_atomic(target, writer("second"))
+    assert (target / "file").read_text() == "second"
+    assert not (tmp_path / ".servable.old").exists()
+
+    def crash(tmp):
+        raise KeyboardInterrupt
+
+    try:
+        write_dir_atomic(target, crash)
+    except KeyboardInterrupt:
+        pass
+    assert (target / "file").read_text() == "second"  # a failed fill keeps the previous directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["servable"]

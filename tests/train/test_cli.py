@@ -64,6 +64,9 @@ def test_wrong_weights_file(capsys, small_data, tmp_path):
         (["--mining", "semi_hard", "--batch-size", "1024"], "use --batch-size <= 512 or --mining hard"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--holdout-fraction", "1.5"], "--holdout-fraction must be in [0, 1)"),
+        (["--input-size", "8"], "--input-size must be >= 16"),
+        (["--weights", "/nonexistent/weights.pt"], "weights file not found: /nonexistent/weights.pt"),
+        (["--weights", "default", "--backbone", "resnet15"], "Unknown backbone 'resnet15'"),
     ],
 )
 def test_bad_training_options(capsys, small_data, tmp_path, extra, message):
@@ -106,3 +109,10 @@ def test_help_lists_every_flag_with_defaults():
         "--out",
     ):
         assert flag in result.stdout
+
+
+def test_corrupt_training_image_is_named(capsys, small_data, tmp_path):
+    broken = sorted(sorted(small_data.iterdir())[0].iterdir())[0]
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    argv = ["--data", str(small_data), "--holdout-fraction", "0", "--out", str(tmp_path / "run"), *FAST]
+    fails_with(capsys, train.main, argv, f"cannot read image {broken}")
