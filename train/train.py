@@ -22,8 +22,10 @@ from typing import Any, NamedTuple
 
 from train import compat  # noqa: F401  (must precede quaterion imports)
 import pytorch_lightning as pl
+from loguru import logger
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
 from quaterion import Quaterion
 from quaterion.utils.enums import TrainStage
 
@@ -215,13 +217,14 @@ def encoder_identity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make_trainer(args: argparse.Namespace, callbacks: list[pl.Callback]) -> pl.Trainer:
-    """Lightning on the GPU when there is one; checkpoints and loggers off (run.json records all)."""
+    """Lightning on the GPU when there is one; per-epoch metrics to RUN_DIR/training_log/metrics.csv;
+    no checkpoints (the best head is kept in memory, the servable is saved at the end)."""
     return pl.Trainer(
         accelerator="auto",
         devices=1,
         max_epochs=args.epochs,
         callbacks=[*callbacks, TQDMProgressBar(refresh_rate=1)],
-        logger=False,
+        logger=CSVLogger(args.out, name="training_log", version=""),
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -238,9 +241,16 @@ def plain_metric_names(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def quiet_quaterion_debug_log() -> None:
+    """Quaterion logs cache internals at DEBUG through loguru; users need INFO and above."""
+    logger.remove()
+    logger.add(sys.stderr, level="INFO")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     check_args(args)
+    quiet_quaterion_debug_log()
     splits = prepare_splits(args)
     class_ids = {name: i for i, name in enumerate(splits.classes.train)}
     pl.seed_everything(args.seed, workers=True)
