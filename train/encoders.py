@@ -92,13 +92,20 @@ def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
+def check_backbone_and_weights(name: str, weights: str) -> None:
+    """Cheap checks of the two flags, so that a typo fails before any data is read."""
+    if name not in available_backbones():
+        raise UsageError(f"Unknown backbone {name!r}. Choose one of: {', '.join(available_backbones())}")
+    if weights not in ("default", "none") and not Path(weights).is_file():
+        raise UsageError(f"weights file not found: {weights} (use 'default', 'none' or a path)")
+
+
 def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
     """Builds a torchvision model with `weights` = "default" | "none" | a state-dict path.
 
     Returns the model (classifier removed), the classifier attribute and the embedding size.
     """
-    if name not in available_backbones():
-        raise UsageError(f"Unknown backbone {name!r}. Choose one of: {', '.join(available_backbones())}")
+    check_backbone_and_weights(name, weights)
     if weights == "default":
         enum = torchvision.models.get_model_weights(name).DEFAULT
         try:
@@ -113,8 +120,6 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
     model = torchvision.models.get_model(name, weights=None)
     if weights != "none":
         path = Path(weights)
-        if not path.is_file():
-            raise UsageError(f"weights file not found: {weights} (use 'default', 'none' or a path)")
         classifier_attribute = next(a for a in _CLASSIFIER_ATTRIBUTES if isinstance(getattr(model, a, None), nn.Module))
         _load_state_dict_file(model, path, classifier_attribute)
     classifier, size = _strip_classifier(model)

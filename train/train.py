@@ -42,7 +42,7 @@ from train.data import (
     split_classes,
     split_validation,
 )
-from train.encoders import available_backbones, weights_identity
+from train.encoders import check_backbone_and_weights, weights_identity
 from train.errors import UsageError, run_cli
 from train.model import MINING, CarsModel, cache_config, check_mining
 from train.preprocessing import Preprocessing, training_augmentation
@@ -136,10 +136,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
     if args.input_size < 16:
         raise UsageError(f"--input-size must be >= 16, got {args.input_size}")
-    if args.backbone not in available_backbones():
-        raise UsageError(f"Unknown backbone {args.backbone!r}. Choose one of: {', '.join(available_backbones())}")
-    if args.weights not in ("default", "none") and not Path(args.weights).is_file():
-        raise UsageError(f"weights file not found: {args.weights} (use 'default', 'none' or a path)")
+    check_backbone_and_weights(args.backbone, args.weights)
     if args.augment and not args.no_cache:
         raise UsageError("--augment changes every epoch's images, so it needs --no-cache")
     check_mining(args.mining, args.batch_size)
