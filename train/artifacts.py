@@ -11,25 +11,28 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from collections.abc import Callable
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Writes JSON to a temp file in the same directory, fsyncs it, then renames it over `path`."""
+def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Calls `write(f)` on a temp file in the same directory, fsyncs it, then renames it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_file_atomic(path, lambda f: f.write(json.dumps(data, indent=2).encode() + b"\n"))
 
 
 def write_dir_atomic(path: str | Path, fill: Callable[[str], None]) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from quaterion.eval.evaluator import Evaluator
 from quaterion_models import SimilarityModel
 from quaterion_models.heads import EmptyHead
 
-from train.artifacts import write_json_atomic
+from train.artifacts import write_file_atomic, write_json_atomic
 from train.data import DATASETS, CarsDataset, ImageList, load_image_list
 from train.errors import UsageError, run_cli
 from train.metrics import SelfMaskedGroupSampler, retrieval_metrics
@@ -130,11 +128,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Retrieval on {report['classes']} {WHICH[report['which']]} classes ({report['images']} images)")
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_file_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def format_table(report: dict[str, Any]) -> str:
