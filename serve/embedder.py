@@ -3,12 +3,20 @@
 No TorchServe import: the handler is a thin adapter over this, and tests and benchmarks use it
 directly. Decoding is guarded (byte and pixel caps checked *before* pixels are decoded) and uses
 the servable's own preprocessing, so serving applies exactly what training did.
+
+Two decoders feed the same model. "pil" (the CPU default) is training's own path: PIL decode,
+`to_rgb`, the servable's `Preprocessing`. "tensor" (the CUDA default) decodes plain JPEGs as a
+batch with torchvision (nvJPEG on CUDA) and resizes/normalises on the device with the *same*
+parameters read from the servable's `Preprocessing` (size, interpolation, mean, std); every other
+input (PNG, CMYK, EXIF-rotated, truncated, ...) still goes through PIL. On the GPU, bf16
+autocast, channels_last and optionally `torch.compile` speed the forward pass up.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +27,8 @@ from PIL import Image, UnidentifiedImageError
 from quaterion_models import SimilarityModel
 
 from train.preprocessing import Preprocessing, to_rgb
+
+DECODERS = ("auto", "pil", "tensor")
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
@@ -39,8 +49,8 @@ class ImageLimits:
     max_pixels: int = 40_000_000  # 40 MP: well above any camera photo of a car
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Checks and decodes one encoded image; raises InvalidImage with a 4xx status."""
+def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Checks the byte cap, reads only the header and checks the pixel cap; raises InvalidImage."""
     if not data:
         raise InvalidImage("empty request body: send an image", 400)
     if len(data) > limits.max_bytes:
@@ -54,6 +64,11 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
     width, height = image.size
     if width * height > limits.max_pixels:
         raise InvalidImage(f"image has {width}x{height} pixels; the limit is {limits.max_pixels} pixels", 413)
+    return image
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """Decodes the pixels of an image opened by `open_image` into upright RGB."""
     try:
         image.load()
         return to_rgb(image)
@@ -63,10 +78,60 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
         raise InvalidImage(f"cannot decode image: {type(error).__name__}: {error}", 400) from None
 
 
-class Embedder:
-    """Loads a servable directory and embeds batches of images on one device."""
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Checks and decodes one encoded image; raises InvalidImage with a 4xx status."""
+    return load_rgb(open_image(data, limits))
 
-    def __init__(self, model: SimilarityModel, model_version: str, device: str = "cpu", batch_size: int = 32):
+
+def is_plain_jpeg(image: Image.Image, data: bytes) -> bool:
+    """A JPEG a tensor decoder reproduces exactly as `to_rgb` would: RGB or grayscale, no EXIF
+    rotation, and complete (ends with the EOI marker; a truncated file goes to PIL, which rejects it)."""
+    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return False
+    if image.getexif().get(0x0112, 1) != 1:  # orientation tag
+        return False
+    return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+
+
+def resize_normalise(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 [3, H, W] on any device -> float32 [3, S, S]: the tensor twin of `Preprocessing`.
+
+    Same size, interpolation (antialiased, as PIL), rounding back to 8 bits as PIL's resize does,
+    then /255 and the same mean/std. Matches the PIL path to about one grey level per pixel.
+    """
+    size = preprocessing.input_size
+    image = pixels.unsqueeze(0).float()
+    if tuple(image.shape[-2:]) != (size, size):
+        image = F.interpolate(image, size=(size, size), mode=preprocessing.interpolation, antialias=True)
+        image = image.round_().clamp_(0, 255)
+    mean = torch.tensor(preprocessing.mean, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing.std, device=image.device).view(1, 3, 1, 1)
+    return ((image / 255.0 - mean) / std)[0]
+
+
+class Embedder:
+    """Loads a servable directory and embeds batches of images on one device.
+
+    `decode`: "pil" (training's exact path), "tensor" (batched JPEG decode and resize on the
+    device, PIL for the rest) or "auto" (tensor on CUDA, pil on CPU). `amp` (bf16 autocast) and
+    `channels_last` default to on for CUDA and off for CPU, where float32 stays as trained;
+    `compile=True` wraps the network in `torch.compile` (call `warm_up` before timing).
+    """
+
+    def __init__(
+        self,
+        model: SimilarityModel,
+        model_version: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+        *,
+        decode: str = "auto",
+        amp: bool | None = None,
+        channels_last: bool | None = None,
+        compile: bool = False,
+    ):
+        if decode not in DECODERS:
+            raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.model.eval()  # SimilarityModel.eval() returns None: never chain it
@@ -75,18 +140,21 @@ class Embedder:
         self.encoder = next(iter(model.encoders.values()))
         self.preprocessing: Preprocessing = self.encoder.preprocessing
         self.dim: int = model.head.output_size
-        # On GPU: bf16 autocast and channels_last speed convolutions up; CPU stays float32.
-        self.autocast = self.device.type == "cuda"
-        if self.autocast:
+        on_gpu = self.device.type == "cuda"
+        self.decode = ("tensor" if on_gpu else "pil") if decode == "auto" else decode
+        self.autocast = on_gpu if amp is None else amp
+        self.channels_last = on_gpu if channels_last is None else channels_last
+        if self.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
+        self._network = torch.compile(self._network_forward) if compile else self._network_forward
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32) -> Embedder:
+    def load(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32, **options) -> Embedder:
         """`model_dir` holds `servable/` and the run's `run.json` (a run directory or an unpacked .mar)."""
         model_dir = Path(model_dir)
         run = json.loads((model_dir / "run.json").read_text())
         model = SimilarityModel.load(str(model_dir / "servable"))
-        return cls(model, run["model_version"], device, batch_size)
+        return cls(model, run["model_version"], device, batch_size, **options)
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """RGB PIL images -> float32 [N, dim], each row of unit length."""
@@ -97,10 +165,81 @@ class Embedder:
                 chunks.append(self._forward(batch).cpu().numpy())
         return np.concatenate(chunks)
 
+    def embed_bytes(self, bodies: list[bytes], limits: ImageLimits = ImageLimits()) -> list[np.ndarray | InvalidImage]:
+        """Encoded images -> per item, a float32 [dim] unit vector or the InvalidImage to answer with.
+
+        Same checks and errors as `decode_image`; the "tensor" decoder takes plain JPEGs only.
+        """
+        results: list[np.ndarray | InvalidImage | None] = [None] * len(bodies)
+        pil_items: dict[int, Image.Image] = {}
+        jpeg_items: dict[int, bytes] = {}
+        for index, data in enumerate(bodies):
+            try:
+                image = open_image(data, limits)
+                if self.decode == "tensor" and is_plain_jpeg(image, data):
+                    jpeg_items[index] = data
+                else:
+                    pil_items[index] = load_rgb(image)
+            except InvalidImage as error:
+                results[index] = error
+        with torch.inference_mode():
+            tensors = self._decode_jpegs(jpeg_items)
+            for index in jpeg_items.keys() - tensors.keys():  # the tensor decoder refused it: PIL decides
+                try:
+                    pil_items[index] = decode_image(jpeg_items[index], limits)
+                except InvalidImage as error:
+                    results[index] = error
+            for index, image in pil_items.items():
+                tensors[index] = self.preprocessing(image)
+            order = sorted(tensors)
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                batch = torch.stack([tensors[i].to(self.device, non_blocking=True) for i in chunk])
+                for index, row in zip(chunk, self._forward(batch).cpu().numpy(), strict=True):
+                    results[index] = row
+        return results  # type: ignore[return-value]
+
+    def _decode_jpegs(self, jpegs: dict[int, bytes]) -> dict[int, torch.Tensor]:
+        """Batched JPEG decode (nvJPEG on CUDA) + resize/normalise on the device; drops failures."""
+        if not jpegs:
+            return {}
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        indices = list(jpegs)
+        raw = [torch.frombuffer(bytearray(jpegs[i]), dtype=torch.uint8) for i in indices]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision 0.29 marks its image decoders deprecated
+            try:
+                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:  # one bad item fails the whole batch: retry one by one
+                decoded = []
+                for data in raw:
+                    try:
+                        decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+                    except RuntimeError:
+                        decoded.append(None)
+        return {
+            index: resize_normalise(pixels, self.preprocessing)
+            for index, pixels in zip(indices, decoded, strict=True)
+            if pixels is not None
+        }
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Runs the network once per batch size: compiles (`compile=True`) and sizes cuDNN's plans."""
+        size = self.preprocessing.input_size
+        with torch.inference_mode():
+            for n in batch_sizes:
+                self._forward(torch.zeros(n, 3, size, size))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
-        if self.autocast:
+        if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            embeddings = self.model.head(self.encoder(batch), meta=[])
+            embeddings = self._network(batch)
         return F.normalize(embeddings.float(), dim=1)
+
+    def _network_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.encoder(batch), meta=[])

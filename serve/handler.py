@@ -17,7 +17,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from serve.embedder import Embedder, ImageLimits, InvalidImage, decode_image
+from serve.embedder import Embedder, ImageLimits, InvalidImage
 
 logger = logging.getLogger(__name__)
 
@@ -81,22 +81,29 @@ class CarsHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context) -> list[dict[str, Any]]:
         responses: list[dict[str, Any]] = [{} for _ in data]
-        images, positions = [], []
+        bodies, positions = [], []
         for index, item in enumerate(data):
             try:
                 content_type = header(context, index, "Content-Type")
-                images.append(decode_image(request_bytes(item, content_type.lower()), self.limits))
+                bodies.append(request_bytes(item, content_type.lower()))
                 positions.append(index)
             except InvalidImage as error:
-                context.set_response_status(code=error.status, phrase=str(error)[:100], idx=index)
-                responses[index] = {"error": str(error), "status": error.status}
-        if images:
-            embeddings = self.embedder.embed(images)
-            for position, embedding in zip(positions, embeddings, strict=True):
+                self._reject(context, responses, index, error)
+        # One call for the whole batch: on CUDA the embedder decodes its JPEGs together (nvJPEG).
+        results = self.embedder.embed_bytes(bodies, self.limits) if bodies else []
+        for position, result in zip(positions, results, strict=True):
+            if isinstance(result, InvalidImage):
+                self._reject(context, responses, position, result)
+            else:
                 responses[position] = {
-                    "embedding": embedding.tolist(),
+                    "embedding": result.tolist(),
                     "dim": self.embedder.dim,
                     "model_version": self.embedder.model_version,
                 }
         context.metrics.add_metric("BatchSize", len(data), "count", metric_type=MetricTypes.GAUGE)
         return responses
+
+    @staticmethod
+    def _reject(context, responses: list[dict[str, Any]], index: int, error: InvalidImage) -> None:
+        context.set_response_status(code=error.status, phrase=str(error)[:100], idx=index)
+        responses[index] = {"error": str(error), "status": error.status}
