@@ -1,11 +1,14 @@
 """HTTP client of the embedding server: requests + numpy only (no torch).
 
-Retries what is worth retrying (connection refused or reset, 503 while a worker restarts) with
-exponential backoff, and turns every failure into a `ClientError` with one readable line.
+Retries what is worth retrying (connection refused or reset, 503 while no worker is ready, 507
+"Worker died." for the requests of a batch whose worker process died) with exponential backoff,
+and turns every failure into a `ClientError` with one readable line. With token authorization on
+(serve/config.public.properties) it sends the inference key from CARS_API_KEY or `api_key`.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -14,7 +17,10 @@ import numpy as np
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:8080/predictions/cars"
-RETRYABLE_STATUS = {502, 503, 504}
+API_KEY_ENV = "CARS_API_KEY"
+# Embedding is idempotent, so a retry is always safe. TorchServe 0.12 answers the requests of a
+# batch whose worker died with 507 ("Worker died."), then restarts the worker.
+RETRYABLE_STATUS = {502, 503, 504, 507}
 IMAGE_ERRORS = {400, 413, 415}  # the handler's verdicts on one image
 
 
@@ -40,17 +46,27 @@ class EmbeddingClient:
     """Keep-alive connections to `/predictions/<model>`; safe to share between threads (a
     requests.Session per thread, since Session itself is not guaranteed thread-safe)."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 60.0, retries: int = 4, backoff: float = 0.25):
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+        api_key: str | None = None,
+    ):
         self.url = url
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.api_key = api_key or os.environ.get(API_KEY_ENV) or None
         self._local = threading.local()
 
     @property
     def session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
+            if self.api_key:
+                self._local.session.headers["Authorization"] = f"Bearer {self.api_key}"
         return self._local.session
 
     def embed(self, image: bytes) -> Embedding:
@@ -79,8 +95,16 @@ class EmbeddingClient:
             payload = {}
         if not isinstance(payload, dict):
             payload = {}
-        if response.status_code in IMAGE_ERRORS and isinstance(payload, dict) and "error" in payload:
+        if response.status_code in IMAGE_ERRORS and "error" in payload:
             raise ImageRejected(payload["error"], response.status_code)
+        if response.status_code == 413:  # over the frontend's max_request_size: no JSON from it
+            raise ImageRejected("request body too large for the server (its max_request_size)", 413)
+        if response.status_code == 401 or payload.get("type") == "InvalidKeyException":
+            sent = "wrong or expired key" if self.api_key else "no key sent"
+            raise ClientError(
+                f"the server at {self.url} requires its API key ({sent}): "
+                f"set {API_KEY_ENV} or --api-key to the inference key in the server's key_file.json"
+            )
         if response.status_code == 404:
             raise ClientError(f"no model at {self.url} (HTTP 404): check --url and that the model is served")
         if response.status_code != 200 or "embedding" not in payload:

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
-from clients.cli import run_cli
+from clients.cli import add_api_key_argument, run_cli
 from clients.gallery import DEFAULT_GALLERY, is_qdrant, open_store
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -71,7 +71,7 @@ def embed_file(client: EmbeddingClient, path: str):
 def build(args: argparse.Namespace) -> dict:
     images = list_images(Path(args.images))
     out = args.out
-    client = EmbeddingClient(args.url)
+    client = EmbeddingClient(args.url, api_key=args.api_key)
     gallery = None if args.rebuild else existing_store(out)
     if gallery is not None:  # refuse another model before adding anything, even with nothing to add
         gallery.check_version(probe_version(client, images), args.url)
@@ -126,6 +126,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
+    add_api_key_argument(parser)
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
     parser.add_argument(
         "--checkpoint-every", type=int, default=200, help="save every N new images (default: %(default)s)"

@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as `python clients/query.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
-from clients.cli import run_cli
+from clients.cli import add_api_key_argument, run_cli
 from clients.gallery import DEFAULT_GALLERY, open_store
 
 
@@ -56,6 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="gallery: a .npz file or a qdrant://... location (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
+    add_api_key_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PNG", help="also draw the query and its results into this picture")
     return parser
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.top_k < 1:
         raise ClientError(f"--top-k must be >= 1, got {args.top_k}")
     gallery = open_store(args.gallery)
-    answer = query(Path(args.image), gallery, EmbeddingClient(args.url), args.top_k)
+    answer = query(Path(args.image), gallery, EmbeddingClient(args.url, api_key=args.api_key), args.top_k)
     if args.show:
         from clients.picture import draw_results
 

@@ -73,21 +73,44 @@ def check_archive(properties: dict[str, str]) -> None:
             raise UsageError(f"no model archive at {store / name}: run `make archive` first")
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=2) as response:
+def _get_json(url: str, headers: dict[str, str] | None = None) -> object:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=2) as response:
         return json.loads(response.read())
 
 
-def wait_until_ready(properties: dict[str, str], timeout: float = 180, process: subprocess.Popen | None = None) -> None:
-    """Polls /ping and the model's workers until one is READY; fails fast if `process` exits."""
+def token_auth_enabled(properties: dict[str, str]) -> bool:
+    """TorchServe 0.12 turns token authorization on unless the config disables it."""
+    return properties.get("disable_token_authorization", "false").lower() != "true"
+
+
+def bearer(key_file: Path, api: str) -> dict[str, str]:
+    """`Authorization` header with the `api` ("inference" or "management") key TorchServe wrote
+    to key_file.json in its working directory at start-up; {} while there is none yet."""
+    try:
+        return {"Authorization": f"Bearer {json.loads(key_file.read_text())[api]['key']}"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def wait_until_ready(
+    properties: dict[str, str],
+    timeout: float = 180,
+    process: subprocess.Popen | None = None,
+    key_file: Path = Path("key_file.json"),
+) -> None:
+    """Polls /ping and the model's workers until one is READY; fails fast if `process` exits.
+    With token authorization on, the keys come from `key_file` (TorchServe's working directory)."""
     urls = addresses(properties)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"TorchServe exited with status {process.returncode} before it was ready")
+        auth = token_auth_enabled(properties)
+        inference, management = (bearer(key_file, api) if auth else {} for api in ("inference", "management"))
         try:
-            healthy = _get_json(f"{urls['inference']}/ping").get("status") == "Healthy"
-            workers = _get_json(f"{urls['management']}/models/{MODEL}")[0]["workers"]
+            healthy = _get_json(f"{urls['inference']}/ping", inference).get("status") == "Healthy"
+            workers = _get_json(f"{urls['management']}/models/{MODEL}", management)[0]["workers"]
             if healthy and any(worker["status"] == "READY" for worker in workers):
                 return
         except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
@@ -134,6 +157,9 @@ def start(config: Path, log_dir: Path) -> None:
     urls = addresses(properties)
     print(f"TorchServe is ready: POST images to {urls['inference']}/predictions/{MODEL}")
     print(f"  management {urls['management']}, metrics {urls['metrics']}/metrics, logs in {log_dir}/")
+    if token_auth_enabled(properties):
+        key_file = Path.cwd() / "key_file.json"
+        print(f"  token authorization is on: clients need CARS_API_KEY=<the inference key in {key_file}>")
 
 
 def stop() -> None:

@@ -27,9 +27,9 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def server_config(tmp_path: Path, store: Path, **overrides: str) -> Path:
-    """The shipped serve/config.properties with free ports, a temp store and `overrides`."""
-    text = (ROOT / "serve" / "config.properties").read_text()
+def server_config(tmp_path: Path, store: Path, base: str = "config.properties", **overrides: str) -> Path:
+    """A shipped config (serve/`base`) with free loopback ports, a temp store and `overrides`."""
+    text = (ROOT / "serve" / base).read_text()
     for api, port in zip(("inference", "management", "metrics"), free_ports(3), strict=True):
         text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{port}", text, flags=re.M)
     text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
@@ -41,11 +41,14 @@ def server_config(tmp_path: Path, store: Path, **overrides: str) -> Path:
 
 
 @contextmanager
-def running_torchserve(run: Path, root: Path) -> Iterator[dict]:
-    """TorchServe serving `run`, with a 300 ms batching window so batches form."""
+def running_torchserve(run: Path, root: Path, base: str = "config.properties", **overrides: str) -> Iterator[dict]:
+    """TorchServe serving `run` with serve/`base`, with a 300 ms batching window so batches form.
+    An archive already in root/store is reused (a restart serves the same model store)."""
     check_java()
-    archive = build_archive(run, root / "store")
-    config = server_config(root, root / "store", maxBatchDelay="300")
+    archive = root / "store" / "cars.mar"
+    if not archive.is_file():
+        archive = build_archive(run, root / "store")
+    config = server_config(root, root / "store", base, **{"maxBatchDelay": "300", **overrides})
     env = {**os.environ, "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
     process = subprocess.Popen(
         [*torchserve_command(config), "--foreground"], env=env, cwd=root, start_new_session=True,
@@ -53,9 +56,12 @@ def running_torchserve(run: Path, root: Path) -> Iterator[dict]:
     )  # fmt: skip
     try:
         properties = read_properties(config)
-        wait_until_ready(properties, timeout=180, process=process)
+        wait_until_ready(properties, timeout=180, process=process, key_file=root / "key_file.json")
         urls = addresses(properties)
-        yield {"url": f"{urls['inference']}/predictions/cars", "urls": urls, "archive": archive, "run": run}
+        yield {
+            "url": f"{urls['inference']}/predictions/cars", "urls": urls, "archive": archive, "run": run,
+            "pid": process.pid, "key_file": root / "key_file.json",
+        }  # fmt: skip
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
