@@ -45,6 +45,8 @@ def request_bytes(item: dict[str, Any], content_type: str = "") -> bytes:
             raise InvalidImage('"image" is not valid base64', 400) from None
     if isinstance(body, list):
         raise InvalidImage('JSON body must be an object {"image": "<base64>"}, not an array', 400)
+    if content_type.startswith("application/json"):  # a JSON string, number, true/false
+        raise InvalidImage(f'JSON body must be an object {{"image": "<base64>"}}, not {type(body).__name__}', 400)
     raise InvalidImage(f"text is not an image: {USAGE}", 415)
 
 
