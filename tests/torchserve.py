@@ -41,18 +41,24 @@ def server_config(tmp_path: Path, store: Path, base: str = "config.properties", 
 
 
 @contextmanager
-def running_torchserve(run: Path, root: Path, base: str = "config.properties", **overrides: str) -> Iterator[dict]:
+def running_torchserve(
+    run: Path, root: Path, base: str = "config.properties", *, output: Path | None = None, env: dict | None = None,
+    **overrides: str,
+) -> Iterator[dict]:
     """TorchServe serving `run` with serve/`base`, with a 300 ms batching window so batches form.
-    An archive already in root/store is reused (a restart serves the same model store)."""
+    An archive already in root/store is reused (a restart serves the same model store).
+    `output` receives the server's stdout and stderr (the benchmarks read the handler's per-batch
+    metric lines there); `env` adds environment variables (e.g. OMP_NUM_THREADS for the workers)."""
     check_java()
     archive = root / "store" / "cars.mar"
     if not archive.is_file():
         archive = build_archive(run, root / "store")
     config = server_config(root, root / "store", base, **{"maxBatchDelay": "300", **overrides})
-    env = {**os.environ, "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
+    env = {**os.environ, **(env or {}), "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
+    sink = open(output, "ab") if output else subprocess.DEVNULL  # noqa: SIM115 (closed in finally)
     process = subprocess.Popen(
         [*torchserve_command(config), "--foreground"], env=env, cwd=root, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=sink, stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
     )  # fmt: skip
     try:
         properties = read_properties(config)
@@ -68,3 +74,5 @@ def running_torchserve(run: Path, root: Path, base: str = "config.properties", *
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        if output:
+            sink.close()
