@@ -1,0 +1,221 @@
+"""The ceiling: the embedder in this process, without HTTP or TorchServe.
+
+    python -m bench.inprocess --run runs/cars-mnv2 [--device cpu|cuda] [--batch-sizes 8,32] [--ablate]
+
+For each batch size it times, on the same JPEG bodies:
+  in-process    `Embedder.embed_bytes`: checks + decode + preprocess + forward, batched
+  handler       `CarsHandler.handle` on request dicts, JSON-encoding the answers as TorchServe does
+  forward-only  the network on pre-decoded, pre-processed tensors already on the device
+The ratios in-process / forward-only and handler / in-process show where the time goes.
+
+`--ablate` starts from PIL decode + float32 + NCHW and adds one optimisation at a time
+(cumulative): tensor (batched JPEG decode, nvJPEG on CUDA, resize on the device), bf16 (autocast),
+channels_last, compile (torch.compile, warmed up first). Default steps: all four on CUDA;
+tensor,channels_last on CPU (bf16 autocast on a CPU without AMX is slower, not faster). Each figure is the median of
+`--repeats` timed passes over all images after one warm-up pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import ensure_run, load_photos, machine, median, parse_list, table, write_json
+from serve.embedder import Embedder, InvalidImage, decode_image
+
+# What each --ablate step switches on, on top of the previous ones (baseline: PIL, float32, NCHW).
+STEPS = {
+    "tensor": {"decode": "tensor"},  # batched JPEG decode (nvJPEG on CUDA) + resize on the device
+    "bf16": {"amp": True},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},
+}
+BASELINE = {"decode": "pil", "amp": False, "channels_last": False, "compile": False}
+
+
+def ablation(steps: list[str]) -> list[tuple[str, dict]]:
+    """[("baseline", opts), ("+tensor", opts + tensor), ("+bf16", ... + bf16), ...]: cumulative."""
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise SystemExit(f"error: unknown --ablate step(s) {unknown}; choose from {', '.join(STEPS)}")
+    options, rows = dict(BASELINE), [("baseline", dict(BASELINE))]
+    for step in steps:
+        options = {**options, **STEPS[step]}
+        rows.append((f"+{step}", dict(options)))
+    return rows
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_passes(work, repeats: int, device: torch.device) -> list[float]:
+    """Seconds of `repeats` calls of `work()` after one warm-up call."""
+    work()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def batches(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def inprocess_rate(embedder: Embedder, bodies: list[bytes], batch_size: int, repeats: int) -> float:
+    """Images/s of decode + preprocess + forward through `embed_bytes`, `batch_size` at a time."""
+
+    def work() -> None:
+        for chunk in batches(bodies, batch_size):
+            for result in embedder.embed_bytes(chunk):
+                if isinstance(result, InvalidImage):
+                    raise RuntimeError(f"a benchmark image was rejected: {result}")
+
+    return len(bodies) / median(timed_passes(work, repeats, embedder.device))
+
+
+def forward_rate(embedder: Embedder, bodies: list[bytes], batch_size: int, repeats: int) -> float:
+    """Images/s of the network alone on tensors decoded and preprocessed beforehand, on the device."""
+    tensors = [
+        embedder.preprocessing.batch([decode_image(b) for b in chunk]).to(embedder.device)
+        for chunk in batches(bodies, batch_size)
+    ]
+
+    def work() -> None:
+        with torch.inference_mode():
+            for batch in tensors:
+                embedder._forward(batch)
+
+    return len(bodies) / median(timed_passes(work, repeats, embedder.device))
+
+
+class _Metrics:
+    def add_metric(self, *args, **kwargs) -> None:
+        pass
+
+
+class _Context:
+    """The parts of TorchServe's Context the handler uses."""
+
+    def __init__(self, model_dir: Path, device: str):
+        self.system_properties = {
+            "model_dir": str(model_dir),
+            "gpu_id": device.split(":")[1] if ":" in device else ("0" if device == "cuda" else None),
+        }
+        self.model_yaml_config: dict = {}
+        self.metrics = _Metrics()
+
+    def get_request_header(self, idx: int, key: str) -> None:
+        return None
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        raise RuntimeError(f"a benchmark image was rejected: {code} {phrase}")
+
+
+def handler_rate(run: Path, device: str, bodies: list[bytes], batch_size: int, repeats: int) -> float:
+    """Images/s of the TorchServe handler in process (what a worker does, minus the frontend).
+    Needs the `ts` package; the handler picks cuda:<gpu_id> when CUDA is available."""
+    from serve.handler import CarsHandler
+
+    handler = CarsHandler()
+    context = _Context(run, device)
+    handler.initialize(context)
+    requests = [{"body": body} for body in bodies]
+
+    def work() -> None:
+        for chunk in batches(requests, batch_size):
+            json.dumps(handler.handle(chunk, context))
+
+    return len(bodies) / median(timed_passes(work, repeats, torch.device(device)))
+
+
+def measure(
+    run: Path,
+    device: str,
+    bodies: list[bytes],
+    batch_sizes: list[int],
+    repeats: int,
+    options: dict | None = None,
+    with_handler: bool = True,
+) -> list[dict]:
+    """One row per batch size: in-process, handler and forward-only images/s and their ratios."""
+    options = options or {}
+    embedder = Embedder.load(run, device=device, batch_size=max(batch_sizes), **options)
+    if options.get("compile"):
+        embedder.warm_up(tuple(batch_sizes))
+    rows = []
+    for batch_size in batch_sizes:
+        inprocess = inprocess_rate(embedder, bodies, batch_size, repeats)
+        forward = forward_rate(embedder, bodies, batch_size, repeats)
+        row = {"batch_size": batch_size, "inprocess_img_s": round(inprocess, 1), "forward_img_s": round(forward, 1),
+               "inprocess/forward": round(inprocess / forward, 3)}  # fmt: skip
+        if with_handler:
+            handler = handler_rate(run, device, bodies, batch_size, repeats)
+            row["handler_img_s"] = round(handler, 1)
+            row["handler/inprocess"] = round(handler / inprocess, 3)
+        rows.append(row)
+        print(table([row], list(row)).splitlines()[-1], flush=True)
+    return rows
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--run", default="runs/cars-mnv2", help="trained run, trained (1 epoch) if missing (default: %(default)s)"
+    )
+    parser.add_argument("--backbone", default="mobilenet_v2", help="backbone of a run to train (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--data", help="JPEG folder (default: ../shared/data/cars196-dev, else generated photos)")
+    parser.add_argument("--images", type=int, default=128, help="images per pass (default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=parse_list, default=[8, 32], help="comma list (default: 8,32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes, median reported (default: %(default)s)")
+    parser.add_argument(
+        "--ablate",
+        nargs="?",
+        const="",
+        type=lambda text: [part for part in text.split(",") if part],
+        help=f"comma list of steps from {','.join(STEPS)} (no value: the device's default, see above)",
+    )
+    parser.add_argument("--no-handler", action="store_true", help="skip the handler figure (no `ts` package)")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    run = ensure_run(args.run, args.backbone)
+    bodies, source = load_photos(args.images, args.data)
+    print(f"{source}; run {run}; device {args.device}", flush=True)
+    if args.ablate is None:
+        steps = [("default", {})]
+    else:
+        default = (
+            ["tensor", "bf16", "channels_last", "compile"] if "cuda" in args.device else ["tensor", "channels_last"]
+        )
+        steps = ablation(args.ablate or default)
+    results = []
+    for name, options in steps:
+        print(f"== {name} {options}", flush=True)
+        for row in measure(run, args.device, bodies, args.batch_sizes, args.repeats, options, not args.no_handler):
+            results.append({"step": name, **row})
+    columns = [c for c in ("step", "batch_size", "inprocess_img_s", "handler_img_s", "forward_img_s",
+                           "inprocess/forward", "handler/inprocess") if any(c in r for r in results)]  # fmt: skip
+    print(table(results, columns))
+    payload = {"benchmark": "inprocess", "argv": sys.argv[1:] if argv is None else argv, "run": str(run),
+               "images": source, "machine": machine(), "device": args.device, "results": results}  # fmt: skip
+    write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
