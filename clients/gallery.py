@@ -3,6 +3,9 @@
 One file holds a float32 matrix [N, dim] with, per row, the image path and label, plus metadata
 (model version, dimension, creation time). It loads without pickle in milliseconds, is replaced
 atomically (temp file + rename), and refuses to mix embeddings of different model versions.
+`search` is exact brute force by default; `approximate=True` uses a `ProjectedIndex` (built once
+per gallery in memory, exact scores, recall measured by bench/gallery_search.py) for long-lived
+callers with large galleries.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.api import ClientError
+from clients.search import ProjectedIndex, exact_top_k
 
 FORMAT = "cars-gallery/1"
 DEFAULT_GALLERY = "galleries/gallery.npz"
@@ -38,6 +42,7 @@ class Gallery:
     paths: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    _index: ProjectedIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.embeddings is None:
@@ -50,6 +55,7 @@ class Gallery:
         self.embeddings = np.concatenate([self.embeddings, np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)])
         self.paths += paths
         self.labels += labels
+        self._index = None
 
     def check_version(self, model_version: str, where: str) -> None:
         if model_version != self.model_version:
@@ -61,15 +67,25 @@ class Gallery:
     def known_paths(self) -> set[str]:
         return set(self.paths)
 
-    def search(self, query: np.ndarray, top_k: int = 5) -> list[Hit]:
-        """Exact cosine top-k from best to worst (rows and queries are unit length)."""
+    def search(self, query: np.ndarray, top_k: int = 5, approximate: bool = False) -> list[Hit]:
+        """Cosine top-k from best to worst (rows and queries are unit length); exact unless `approximate`."""
+        return self.search_many(np.asarray(query, dtype=np.float32)[None, :], top_k, approximate)[0]
+
+    def search_many(self, queries: np.ndarray, top_k: int = 5, approximate: bool = False) -> list[list[Hit]]:
+        """`search` for a batch of queries [B, dim] at once (one matrix product instead of B)."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if len(self) == 0:
-            return []
-        scores = self.embeddings @ np.asarray(query, dtype=np.float32)
-        k = min(top_k, len(scores))
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return [Hit(self.paths[i], self.labels[i], float(scores[i])) for i in best]
+            return [[] for _ in queries]
+        if approximate:
+            if self._index is None:
+                self._index = ProjectedIndex(self.embeddings)
+            indices, scores = self._index.search(queries, top_k)
+        else:
+            indices, scores = exact_top_k(self.embeddings, queries, top_k)
+        return [
+            [Hit(self.paths[i], self.labels[i], float(score)) for i, score in zip(row, row_scores, strict=True)]
+            for row, row_scores in zip(indices, scores, strict=True)
+        ]
 
     def save(self, path: str | Path) -> None:
         """Replaces the file at `path` atomically: readers see the old or the new gallery."""
