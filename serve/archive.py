@@ -2,9 +2,9 @@
 
     python -m serve.archive --run runs/latest [--model-store model_store]
 
-The archive holds only what serving needs: the handler, the embedder, the two model-definition
-modules the servable loads (`train/encoders.py`, `train/preprocessing.py`), the servable and its
-`run.json`. No model-config.yaml is packed: its defaults would override the worker settings of
+The archive holds only what serving needs: the handler, the embedder, the model-definition
+modules the servable loads (`train/encoders.py`, `train/heads.py`, `train/preprocessing.py`), the
+servable and its `run.json`. No model-config.yaml is packed: its defaults would override the worker settings of
 serve/config.properties (responseTimeout, for one). The archive's TorchServe version stays "1.0"
 so that `models=` in serve/config.properties applies (TorchServe silently ignores settings keyed
 by another version); the model's identity is `model_version` from run.json, returned with every
@@ -35,6 +35,7 @@ RUNTIME_SOURCES = (
     "train/__init__.py",
     "train/errors.py",
     "train/encoders.py",
+    "train/heads.py",
     "train/preprocessing.py",
 )
 

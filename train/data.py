@@ -16,7 +16,7 @@ from collections.abc import Callable
 from train import compat  # noqa: F401  (must precede quaterion imports)
 from PIL import Image
 from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import datasets
 
 from train.errors import UsageError
@@ -90,8 +90,14 @@ class ClassSplit:
     holdout: tuple[str, ...]
 
 
-def split_classes(class_names: list[str], holdout_fraction: float, seed: int) -> ClassSplit:
-    """Picks round(fraction * n) classes at random with a fixed seed: deterministic, disjoint."""
+def split_classes(class_names: list[str], holdout_fraction: float, seed: int, fold: int = 1) -> ClassSplit:
+    """Picks round(fraction * n) classes at random with a fixed seed: deterministic, disjoint.
+
+    Fold 2 swaps the roles: it trains on fold 1's held-out classes and holds out its training
+    classes, so two runs measure every class once as unseen.
+    """
+    if fold not in (1, 2):
+        raise UsageError(f"--fold must be 1 or 2, got {fold}")
     if not 0.0 <= holdout_fraction < 1.0:
         raise UsageError(f"--holdout-fraction must be in [0, 1), got {holdout_fraction}")
     names = sorted(class_names)
@@ -101,6 +107,10 @@ def split_classes(class_names: list[str], holdout_fraction: float, seed: int) ->
     if len(names) - count < 2:
         raise UsageError(f"holding out {count} of {len(names)} classes leaves fewer than 2 to train on")
     holdout = set(random.Random(seed).sample(names, count))
+    if fold == 2:
+        if count == 0:
+            raise UsageError("--fold 2 swaps training and held-out classes: it needs --holdout-fraction > 0")
+        holdout = set(names) - holdout
     return ClassSplit(
         train=tuple(n for n in names if n not in holdout), holdout=tuple(n for n in names if n in holdout)
     )
@@ -163,11 +173,55 @@ class CarsDataset(Dataset):
         return SimilarityGroupSample(obj=image, group=self.class_ids[self.images.classes[index]])
 
 
-def make_loader(dataset: CarsDataset, batch_size: int, shuffle: bool, workers: int) -> GroupSimilarityDataLoader:
+class ClassBalancedSampler(Sampler[int]):
+    """Orders indices so that each consecutive `batch_size` chunk holds P classes x K images.
+
+    Triplet mining needs positives in the batch: with 49 classes and batches of 128 drawn at
+    random, most anchors have one or two. Each epoch yields len(dataset) // batch_size batches;
+    every class's images are used in a reshuffled cycle, so all images are seen about equally.
+    A plain `sampler` (not a batch sampler), so Quaterion's cache fill can still replace it.
+    """
+
+    def __init__(self, labels: list[int], batch_size: int, images_per_class: int, seed: int):
+        if images_per_class < 2:
+            raise UsageError(f"--images-per-class must be >= 2 (positives are needed), got {images_per_class}")
+        by_class: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            by_class[label].append(index)
+        self.by_class = {label: indices for label, indices in by_class.items() if len(indices) >= 2}
+        if batch_size < images_per_class:
+            raise UsageError(f"--batch-size {batch_size} is smaller than --images-per-class {images_per_class}")
+        self.images_per_class = images_per_class
+        self.classes_per_batch = min(batch_size // images_per_class, len(self.by_class))
+        self.batch_size = self.classes_per_batch * images_per_class  # what the loader must use
+        self.batches = max(len(labels) // batch_size, 1)
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return self.batches * self.batch_size
+
+    def __iter__(self):
+        pools = {label: [] for label in self.by_class}
+
+        def take(label: int) -> int:
+            if not pools[label]:
+                pools[label] = self.rng.sample(self.by_class[label], len(self.by_class[label]))
+            return pools[label].pop()
+
+        for _ in range(self.batches):
+            for label in self.rng.sample(sorted(self.by_class), self.classes_per_batch):
+                for _ in range(self.images_per_class):
+                    yield take(label)
+
+
+def make_loader(
+    dataset: CarsDataset, batch_size: int, shuffle: bool, workers: int, sampler: Sampler[int] | None = None
+) -> GroupSimilarityDataLoader:
     return GroupSimilarityDataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
     )

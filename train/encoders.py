@@ -1,5 +1,10 @@
 """`CarsEncoder`: a frozen torchvision backbone, its classifier removed, plus its preprocessing.
 
+With `trainable_blocks=N` the encoder is only the frozen *trunk* (everything but the last N
+stages); the last N stages become part of the trainable head (`train/heads.py`). Quaterion's
+cache then stores the trunk's feature maps, so fine-tuning the top of the network costs little
+more than training a head.
+
 The encoder is saved as a state dict + JSON config and loaded with `torch.load(...,
 weights_only=True)`: nothing is unpickled. Its collate function applies the saved
 `Preprocessing`, so `SimilarityModel.encode(list_of_pil_images)` does the whole job, in training,
@@ -24,6 +29,7 @@ from train.preprocessing import Preprocessing
 CONFIG_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.pt"
 FORMAT_VERSION = 1
+FORMAT_VERSION_SPLIT = 2  # written only when trainable_blocks > 0, so older servables stay valid
 
 # Where torchvision keeps the classification layer, by model family.
 _CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "heads", "head")
@@ -126,6 +132,55 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
     return model, classifier, size
 
 
+def _stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+    """(stem, stages, tail) of a classifier-stripped torchvision model, in forward order.
+
+    Two families cover the usual backbones: ResNet-style (`layer1..layer4`) and those whose body is
+    a `features` Sequential (MobileNet, EfficientNet, ConvNeXt, ...). The tail pools and runs what
+    is left of the classifier, exactly as the model's own `forward` does.
+    """
+    if all(hasattr(model, f"layer{i}") for i in range(1, 5)) and hasattr(model, "avgpool"):
+        stem = [model.conv1, model.bn1, model.relu, model.maxpool]
+        return stem, [getattr(model, f"layer{i}") for i in range(1, 5)], [model.avgpool, nn.Flatten(1), model.fc]
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and isinstance(getattr(model, "classifier", None), nn.Module):
+        pool = model.avgpool if isinstance(getattr(model, "avgpool", None), nn.Module) else nn.AdaptiveAvgPool2d(1)
+        if any(isinstance(m, nn.Flatten) for m in model.classifier.modules()):  # ConvNeXt flattens itself
+            return [], list(features), [pool, model.classifier]
+        return [], list(features), [pool, nn.Flatten(1), model.classifier]
+    raise UsageError(
+        f"--trainable-blocks needs a ResNet-style or `features`-style torchvision backbone, not {type(model).__name__}"
+    )
+
+
+def split_backbone(model: nn.Module, trainable_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """Splits a stripped backbone into a frozen trunk and its last `trainable_blocks` stages + tail.
+
+    `top(trunk(x)) == model(x)`: the split changes which parts learn, not what is computed.
+    """
+    stem, stages, tail = _stages(model)
+    if not 1 <= trainable_blocks < len(stages):
+        raise UsageError(
+            f"--trainable-blocks must be between 0 and {len(stages) - 1} for {type(model).__name__}, "
+            f"got {trainable_blocks}"
+        )
+    cut = len(stages) - trainable_blocks
+    return nn.Sequential(*stem, *stages[:cut]), nn.Sequential(*stages[cut:], *tail)
+
+
+def untrained_split(backbone: str, trainable_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The split architecture without weights: what a saved servable's state dicts load into."""
+    model = torchvision.models.get_model(backbone, weights=None)
+    _strip_classifier(model)
+    return split_backbone(model, trainable_blocks)
+
+
+def trunk_channels(trunk: nn.Module, top: nn.Module) -> int:
+    """Channels of the trunk's feature map: the first conv of the top consumes them."""
+    first_conv = next(m for m in top.modules() if isinstance(m, nn.Conv2d))
+    return first_conv.in_channels
+
+
 def weights_identity(weights: str, backbone: str) -> str:
     """A stable name for the weights: what the cache fingerprint and run.json record."""
     if weights == "default":
@@ -136,19 +191,37 @@ def weights_identity(weights: str, backbone: str) -> str:
 
 
 class CarsEncoder(Encoder):
-    """Frozen image backbone whose collate function applies the saved preprocessing."""
+    """Frozen image backbone (or its trunk) whose collate function applies the saved preprocessing."""
 
-    def __init__(self, backbone: str, model: nn.Module, embedding_size: int, preprocessing: Preprocessing):
+    def __init__(
+        self,
+        backbone: str,
+        model: nn.Module,
+        embedding_size: int,
+        preprocessing: Preprocessing,
+        trainable_blocks: int = 0,
+    ):
         super().__init__()
         self.backbone_name = backbone
         self.backbone = model
         self._embedding_size = embedding_size
         self.preprocessing = preprocessing
+        self.trainable_blocks = trainable_blocks
 
     @classmethod
     def create(cls, backbone: str, weights: str, preprocessing: Preprocessing) -> CarsEncoder:
         model, _, size = build_backbone(backbone, weights)
         return cls(backbone, model, size, preprocessing)
+
+    @classmethod
+    def create_split(
+        cls, backbone: str, weights: str, preprocessing: Preprocessing, trainable_blocks: int
+    ) -> tuple[CarsEncoder, nn.Sequential, int]:
+        """The frozen trunk as an encoder, the pretrained top stages for the trainable head, and
+        the size of the embedding they produce."""
+        model, _, size = build_backbone(backbone, weights)
+        trunk, top = split_backbone(model, trainable_blocks)
+        return cls(backbone, trunk, trunk_channels(trunk, top), preprocessing, trainable_blocks), top, size
 
     @property
     def trainable(self) -> bool:
@@ -156,6 +229,7 @@ class CarsEncoder(Encoder):
 
     @property
     def embedding_size(self) -> int:
+        """Size of the embedding, or with trainable blocks the channels of the trunk's feature map."""
         return self._embedding_size
 
     def train(self, mode: bool = True) -> CarsEncoder:
@@ -168,17 +242,21 @@ class CarsEncoder(Encoder):
         return self.preprocessing.batch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.trainable_blocks:
+            return self.backbone(images)  # a feature map for the head's trainable stages
         return torch.flatten(self.backbone(images), start_dim=1)
 
     def save(self, output_path: str) -> None:
         os.makedirs(output_path, exist_ok=True)
         torch.save(self.backbone.state_dict(), os.path.join(output_path, WEIGHTS_FILE))
         config = {
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION_SPLIT if self.trainable_blocks else FORMAT_VERSION,
             "backbone": self.backbone_name,
             "embedding_size": self._embedding_size,
             "preprocessing": self.preprocessing.to_dict(),
         }
+        if self.trainable_blocks:
+            config["trainable_blocks"] = self.trainable_blocks
         with open(os.path.join(output_path, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2)
 
@@ -186,11 +264,15 @@ class CarsEncoder(Encoder):
     def load(cls, input_path: str) -> CarsEncoder:
         with open(os.path.join(input_path, CONFIG_FILE)) as f:
             config = json.load(f)
-        if config.get("format_version") != FORMAT_VERSION:
+        if config.get("format_version") not in (FORMAT_VERSION, FORMAT_VERSION_SPLIT):
             raise ValueError(f"unsupported encoder format {config.get('format_version')!r} in {input_path}")
-        model = torchvision.models.get_model(config["backbone"], weights=None)
-        _strip_classifier(model)
+        trainable_blocks = config.get("trainable_blocks", 0)
+        if trainable_blocks:
+            model, _ = untrained_split(config["backbone"], trainable_blocks)
+        else:
+            model = torchvision.models.get_model(config["backbone"], weights=None)
+            _strip_classifier(model)
         state = torch.load(os.path.join(input_path, WEIGHTS_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         preprocessing = Preprocessing.from_dict(config["preprocessing"])
-        return cls(config["backbone"], model, config["embedding_size"], preprocessing)
+        return cls(config["backbone"], model, config["embedding_size"], preprocessing, trainable_blocks)

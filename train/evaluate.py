@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ import torch
 from quaterion import Quaterion
 from quaterion.eval.evaluator import Evaluator
 from quaterion_models import SimilarityModel
-from quaterion_models.heads import EmptyHead
+from quaterion_models.heads import EmptyHead, EncoderHead
 
 from train.artifacts import write_file_atomic, write_json_atomic
 from train.data import DATASETS, CarsDataset, ImageList, load_image_list
 from train.errors import UsageError, run_cli
+from train.heads import TopStagesHead
+from train.model import BASE_TOP_FILE
 from train.metrics import SelfMaskedGroupSampler, retrieval_metrics
 
 WHICH = {"heldout": "held-out", "all": "evaluated"}
@@ -81,31 +84,54 @@ def select_images(images: ImageList, run: dict[str, Any], which: str) -> ImageLi
     return images.only(holdout)
 
 
-def evaluate_base_and_tuned(
-    images: ImageList, tuned: SimilarityModel, sample_size: int, batch_size: int, seed: int
-) -> dict[str, dict[str, float]]:
-    """Runs Quaterion's Evaluator on the base encoder (EmptyHead) and on the tuned model.
+def base_head_of(run_dir: Path, tuned: SimilarityModel) -> EncoderHead:
+    """The untuned network's head: nothing for a frozen backbone, the pretrained top stages
+    (RUN_DIR/base_top.pt, loaded weights-only) when training fine-tuned them."""
+    head = tuned.head
+    if not isinstance(head, TopStagesHead):
+        return EmptyHead(head.input_embedding_size)
+    base = TopStagesHead(**{**head.get_config_dict(), "skip": False})
+    try:
+        base.top.load_state_dict(torch.load(run_dir / BASE_TOP_FILE, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+        raise UsageError(f"cannot read the run's baseline {run_dir / BASE_TOP_FILE}: {error}") from None
+    return base
 
-    The frozen encoder runs once: the tuned model's embeddings are its head applied to the
-    base embeddings, exactly what `tuned.encode` computes, at half the cost. Both use the same
-    seeded sample of queries.
+
+@torch.inference_mode()
+def apply_head(head: EncoderHead, features: torch.Tensor, batch_size: int) -> torch.Tensor:
+    head.eval()
+    device = next(head.parameters(), features).device
+    return torch.cat(
+        [head(features[i : i + batch_size].to(device), meta=[]) for i in range(0, len(features), batch_size)]
+    )
+
+
+def evaluate_base_and_tuned(
+    images: ImageList, tuned: SimilarityModel, base_head: EncoderHead, sample_size: int, batch_size: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Runs Quaterion's Evaluator on the untuned network (`base_head`) and on the tuned model.
+
+    The frozen encoder runs once: both models' embeddings are their heads applied to its
+    outputs, exactly what `encode` computes, at half the cost. Both use the same seeded sample of
+    queries.
     """
     class_ids = {name: i for i, name in enumerate(images.class_names)}
     dataset = CarsDataset(images, class_ids)
     encoder = next(iter(tuned.encoders.values()))
-    base = SimilarityModel(encoders=encoder, head=EmptyHead(encoder.embedding_size))
-    base_sampler = SelfMaskedGroupSampler(sample_size, batch_size, seed)
+    encoder_only = SimilarityModel(encoders=encoder, head=EmptyHead(encoder.embedding_size))
     print(f"Encoding {len(images)} images...", file=sys.stderr)
-    base_sampler.accumulate(base, dataset)
-    tuned_sampler = SelfMaskedGroupSampler(sample_size, batch_size, seed)
+    encoded = SelfMaskedGroupSampler(sample_size, batch_size, seed)
+    encoded.accumulate(encoder_only, dataset)
+    features, groups = encoded.accumulator.embeddings, encoded.accumulator.groups
     tuned.eval()  # SimilarityModel.eval() returns None: never chain it
-    with torch.inference_mode():
-        features = base_sampler.accumulator.embeddings
-        tuned_embeddings = tuned.head(features.to(next(tuned.head.parameters()).device), meta=[])
-    tuned_sampler.accumulator.update(tuned_embeddings, base_sampler.accumulator.groups)
-    tuned_sampler.accumulator.set_filled()
+    base_head.to(features.device)
     results = {}
-    for name, model, sampler in (("base", base, base_sampler), ("tuned", tuned, tuned_sampler)):
+    for name, head in (("base", base_head), ("tuned", tuned.head)):
+        sampler = SelfMaskedGroupSampler(sample_size, batch_size, seed)
+        sampler.accumulator.update(apply_head(head, features, batch_size), groups)
+        sampler.accumulator.set_filled()
+        model = SimilarityModel(encoders=encoder, head=head)
         scores = Quaterion.evaluate(Evaluator(retrieval_metrics(), sampler), dataset, model)
         results[name] = {metric: round(float(value), 4) for metric, value in scores.items()}
     return results
@@ -158,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UsageError("every class has a single image: nothing relevant to retrieve")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tuned.to(device)
-    results = evaluate_base_and_tuned(images, tuned, args.sample_size, args.batch_size, args.seed)
+    base_head = base_head_of(run_dir, tuned)
+    results = evaluate_base_and_tuned(images, tuned, base_head, args.sample_size, args.batch_size, args.seed)
     seen = set(run["classes"]["train"]) & set(images.class_names)
     report = {
         **results,

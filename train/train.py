@@ -29,13 +29,16 @@ from pytorch_lightning.loggers import CSVLogger
 from quaterion import Quaterion
 from quaterion.utils.enums import TrainStage
 
-from train.artifacts import directory_sha256, write_dir_atomic, write_json_atomic
+from quaterion.train.xbm import XbmConfig
+
+from train.artifacts import directory_sha256, write_dir_atomic, write_file_atomic, write_json_atomic
 from train.cache import CacheDirectory, PublishCache, cache_fingerprint
 from train.data import (
     ClassSplit,
     ImageList,
     DATASETS,
     CarsDataset,
+    ClassBalancedSampler,
     check_trainable,
     load_image_list,
     make_loader,
@@ -44,7 +47,7 @@ from train.data import (
 )
 from train.encoders import check_backbone_and_weights, weights_identity
 from train.errors import UsageError, run_cli
-from train.model import MINING, CarsModel, cache_config, check_mining
+from train.model import BASE_TOP_FILE, LOSSES, MINING, CarsModel, cache_config, check_mining
 from train.preprocessing import Preprocessing, training_augmentation
 
 VAL_LOSS = f"{TrainStage.VALIDATION}_loss"
@@ -72,6 +75,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="fraction of each training class's images used for validation and early stopping (default: 0.1)",
     )
     data.add_argument(
+        "--fold",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="2 swaps training and held-out classes of the seeded split (default: 1)",
+    )
+    data.add_argument(
         "--seed", type=int, default=42, help="seed for the class split, validation split and training (default: 42)"
     )
     model = parser.add_argument_group("model")
@@ -87,12 +97,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--input-size", type=int, default=224, help="images are resized to this square size (default: 224)"
     )
+    model.add_argument(
+        "--trainable-blocks",
+        type=int,
+        default=0,
+        help="fine-tune the backbone's last N stages (ResNet layers, MobileNet/EfficientNet blocks) "
+        "with frozen BatchNorm statistics; the encoder cache then holds the frozen trunk's feature maps "
+        "(default: 0, only the head learns)",
+    )
     optim = parser.add_argument_group("training")
     optim.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default: 30)")
     optim.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
     optim.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the head (default: 3e-3)")
-    optim.add_argument("--mining", default="hard", choices=MINING, help="TripletLoss mining (default: hard)")
-    optim.add_argument("--margin", type=float, default=0.5, help="TripletLoss margin (default: 0.5)")
+    optim.add_argument(
+        "--backbone-lr",
+        type=float,
+        default=1e-4,
+        help="Adam learning rate of the --trainable-blocks stages (default: 1e-4)",
+    )
+    optim.add_argument("--loss", default="triplet", choices=LOSSES, help="Quaterion loss (default: triplet)")
+    optim.add_argument(
+        "--mining", default="hard", choices=MINING, help="triplet / online_contrastive mining (default: hard)"
+    )
+    optim.add_argument("--margin", type=float, default=None, help="loss margin (default: the loss's own; triplet 0.5)")
+    optim.add_argument(
+        "--sampler",
+        default="random",
+        choices=("random", "balanced"),
+        help="batches of random images, or of P classes x K images (--images-per-class) (default: random)",
+    )
+    optim.add_argument("--images-per-class", type=int, default=4, help="K of the balanced sampler (default: 4)")
+    optim.add_argument(
+        "--xbm-size",
+        type=int,
+        default=0,
+        help="cross-batch memory of this many embeddings for the triplet loss, used after the "
+        "first epoch (default: 0, off)",
+    )
     optim.add_argument(
         "--patience", type=int, default=5, help="early-stopping patience in epochs on validation loss (default: 5)"
     )
@@ -130,8 +171,12 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("epochs", "batch_size", "patience", "cache_batch_size"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.lr <= 0 or args.backbone_lr <= 0:
+        raise UsageError(f"--lr and --backbone-lr must be > 0, got {args.lr} and {args.backbone_lr}")
+    if args.trainable_blocks < 0 or args.xbm_size < 0:
+        raise UsageError("--trainable-blocks and --xbm-size must be >= 0")
+    if args.xbm_size and args.loss != "triplet":
+        raise UsageError(f"--xbm-size works with --loss triplet only (Quaterion has no XBM for {args.loss})")
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0, got {args.workers}")
     if args.input_size < 16:
@@ -199,7 +244,7 @@ class Splits(NamedTuple):
 
 def prepare_splits(args: argparse.Namespace) -> Splits:
     images = load_image_list(args.data, args.dataset)
-    classes = split_classes(images.class_names, args.holdout_fraction, args.seed)
+    classes = split_classes(images.class_names, args.holdout_fraction, args.seed, args.fold)
     train_images = images.only(set(classes.train))
     check_trainable(train_images)
     train, val = split_validation(train_images, args.val_fraction, args.seed)
@@ -210,6 +255,8 @@ def encoder_identity(args: argparse.Namespace) -> dict[str, Any]:
     identity: dict[str, Any] = {"backbone": args.backbone, "weights": weights_identity(args.weights, args.backbone)}
     if args.weights == "none":
         identity["seed"] = args.seed  # random weights depend on the seed
+    if args.trainable_blocks:
+        identity["trainable_blocks"] = args.trainable_blocks  # the cache then holds the trunk's feature maps
     return identity
 
 
@@ -259,6 +306,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             encoder=identity, preprocessing=preprocessing.to_dict(), train=splits.train, val=splits.val
         )
         cache = CacheDirectory(args.cache_dir, fingerprint)
+    # With the cache on, loaders must have no workers: Quaterion then caches labels too and
+    # never decodes an image again after the fill (its "full cache").
+    workers = 0 if cache else args.workers
+    augment = training_augmentation(args.input_size) if args.augment else None
+    train_set = CarsDataset(splits.train, class_ids, augment)
+    sampler, batch_size = None, args.batch_size
+    if args.sampler == "balanced":
+        labels = [class_ids[name] for name in splits.train.classes]
+        sampler = ClassBalancedSampler(labels, args.batch_size, args.images_per_class, args.seed)
+        batch_size = sampler.batch_size
+    train_loader = make_loader(train_set, batch_size, True, workers, sampler)
     model = CarsModel(
         backbone=args.backbone,
         weights=args.weights,
@@ -267,12 +325,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mining=args.mining,
         margin=args.margin,
         cache=cache_config(str(cache.save_dir), args.cache_batch_size) if cache else None,
+        trainable_blocks=args.trainable_blocks,
+        backbone_lr=args.backbone_lr,
+        loss=args.loss,
+        num_classes=len(class_ids),
+        xbm=XbmConfig(buffer_size=args.xbm_size, start_iteration=len(train_loader)) if args.xbm_size else None,
     )
-    # With the cache on, loaders must have no workers: Quaterion then caches labels too and
-    # never decodes an image again after the fill (its "full cache").
-    workers = 0 if cache else args.workers
-    augment = training_augmentation(args.input_size) if args.augment else None
-    train_loader = make_loader(CarsDataset(splits.train, class_ids, augment), args.batch_size, True, workers)
     val_loader = (
         make_loader(CarsDataset(splits.val, class_ids), args.batch_size, False, workers) if splits.val else None
     )
@@ -317,6 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": versions(),
         "device": str(next(model.model.parameters()).device),
     }
+    if model.base_top_state is not None:  # evaluation's baseline: the pretrained top stages
+        write_file_atomic(Path(args.out) / BASE_TOP_FILE, lambda f: torch.save(model.base_top_state, f))
     write_json_atomic(Path(args.out) / "run.json", run)
     print(
         f"Saved {servable} (model version {run['model_version'][:12]}); trained on "

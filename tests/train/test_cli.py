@@ -67,6 +67,11 @@ def test_wrong_weights_file(capsys, small_data, tmp_path):
         (["--input-size", "8"], "--input-size must be >= 16"),
         (["--weights", "/nonexistent/weights.pt"], "weights file not found: /nonexistent/weights.pt"),
         (["--weights", "default", "--backbone", "resnet15"], "Unknown backbone 'resnet15'"),
+        (["--xbm-size", "100", "--loss", "arcface"], "--xbm-size works with --loss triplet only"),
+        (["--trainable-blocks", "4"], "--trainable-blocks must be between 0 and 3 for ResNet"),
+        (["--sampler", "balanced", "--images-per-class", "1"], "--images-per-class must be >= 2"),
+        (["--fold", "2", "--holdout-fraction", "0"], "--fold 2 swaps training and held-out classes"),
+        (["--backbone-lr", "0"], "--lr and --backbone-lr must be > 0"),
     ],
 )
 def test_bad_training_options(capsys, small_data, tmp_path, extra, message):

@@ -1,0 +1,129 @@
+"""The fine-tuning options of issue 8: backbone split, balanced batches, losses, XBM, folds."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_module
+from train import compat  # noqa: F401
+from quaterion_models import SimilarityModel
+
+from train.data import ClassBalancedSampler, split_classes
+from train.encoders import build_backbone, split_backbone
+from train.errors import UsageError
+from train.heads import TopStagesHead
+from train.preprocessing import load_image
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_split_backbone_computes_what_the_whole_backbone_does(backbone, blocks):
+    model, _, size = build_backbone(backbone, "none")
+    model.eval()
+    images = torch.randn(2, 3, 64, 64)
+    trunk, top = split_backbone(model, blocks)
+    with torch.no_grad():
+        whole, split = model(images), top(trunk(images))
+    assert split.shape == (2, size)
+    torch.testing.assert_close(split, whole)
+    assert not set(map(id, trunk.parameters())) & set(map(id, top.parameters()))
+
+
+def test_split_backbone_refuses_what_it_cannot_split():
+    model, _, _ = build_backbone("resnet18", "none")
+    with pytest.raises(UsageError, match="between 0 and 3"):
+        split_backbone(model, 4)
+    regnet, _, _ = build_backbone("regnet_x_400mf", "none")
+    with pytest.raises(UsageError, match="ResNet-style or `features`-style"):
+        split_backbone(regnet, 1)
+
+
+def test_top_stages_head_keeps_batchnorm_statistics_frozen():
+    head = TopStagesHead(256, backbone="resnet18", trainable_blocks=1, output_size=512)
+    head.train()
+    batchnorms = [m for m in head.top.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batchnorms and not any(bn.training for bn in batchnorms)
+    before = batchnorms[0].running_mean.clone()
+    head(torch.randn(4, 256, 4, 4)).sum().backward()
+    torch.testing.assert_close(batchnorms[0].running_mean, before)
+    assert head.skip.training  # the skip head's dropout still trains
+
+
+def test_balanced_sampler_batches_hold_p_classes_of_k_images():
+    labels = [c for c in range(10) for _ in range(7)] + [10]  # class 10 has a single image
+    sampler = ClassBalancedSampler(labels, batch_size=18, images_per_class=4, seed=0)
+    assert sampler.batch_size == 16  # 4 classes x 4 images
+    indices = list(sampler)
+    assert len(indices) == len(sampler) == (len(labels) // 18) * 16
+    for start in range(0, len(indices), 16):
+        counts = Counter(labels[i] for i in indices[start : start + 16])
+        assert sorted(counts.values()) == [4, 4, 4, 4]
+        assert 10 not in counts  # a lone image can have no positive
+    assert indices == list(ClassBalancedSampler(labels, 18, 4, seed=0))
+    assert indices != list(ClassBalancedSampler(labels, 18, 4, seed=1))
+
+
+def test_fold_two_swaps_training_and_held_out_classes():
+    names = [f"class{i}" for i in range(10)]
+    one, two = split_classes(names, 0.5, seed=3), split_classes(names, 0.5, seed=3, fold=2)
+    assert set(one.train) == set(two.holdout) and set(one.holdout) == set(two.train)
+
+
+def train_run(data: Path, out: Path, cache: Path, *extra: str) -> dict:
+    result = run_module(
+        "train.train", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
+        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "2", *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.mark.slow
+def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synthetic_data, tmp_path):
+    frozen = train_run(synthetic_data, tmp_path / "frozen", tmp_path / "cache")
+    tuned = train_run(
+        synthetic_data, tmp_path / "tuned", tmp_path / "cache",
+        "--trainable-blocks", "1", "--sampler", "balanced", "--images-per-class", "4",
+    )  # fmt: skip
+    assert tuned["encoder"]["trainable_blocks"] == 1
+    assert tuned["cache"]["fingerprint"] != frozen["cache"]["fingerprint"]  # the cache holds feature maps now
+
+    model = SimilarityModel.load(str(tmp_path / "tuned" / "servable"))
+    assert isinstance(model.head, TopStagesHead) and model.head.output_size == 512
+    images = [load_image(p) for p in sorted(synthetic_data.rglob("*.jpg"))[:3]]
+    embeddings = model.encode(images)
+    assert embeddings.shape == (3, 512) and (embeddings != 0).any()
+
+    reports = {}
+    for name in ("frozen", "tuned"):
+        result = run_module("train.evaluate", "--run", str(tmp_path / name), "--data", str(synthetic_data), "--json")
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[name] = json.loads(result.stdout)
+    # The baseline of a fine-tuned run is the untouched pretrained network, as for a frozen run.
+    assert reports["tuned"]["base"] == pytest.approx(reports["frozen"]["base"], abs=1e-3)
+    assert reports["tuned"]["tuned"] != reports["tuned"]["base"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--loss", "triplet", "--xbm-size", "256", "--sampler", "balanced"],
+        ["--loss", "arcface"],
+        ["--loss", "softmax"],
+        ["--loss", "circle"],
+        ["--loss", "online_contrastive"],
+        ["--loss", "fast_ap", "--fold", "2"],
+    ],
+    ids=lambda extra: "-".join(a.lstrip("-") for a in extra[:2] + extra[-2:-1]),
+)
+def test_every_loss_trains_end_to_end(synthetic_data, tmp_path, extra):
+    run = train_run(synthetic_data, tmp_path / "run", tmp_path / "cache", *extra)
+    assert run["args"]["loss"] == extra[1]
+    assert all(torch.isfinite(torch.tensor(v)) for v in run["metrics"]["last"].values())
+    assert (tmp_path / "run" / "servable").is_dir()
