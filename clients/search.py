@@ -40,8 +40,14 @@ def exact_top_k(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     if k == 0:
         return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
     best_idx, best_scores = None, None
-    for start in range(0, len(matrix), BLOCK_ROWS):
-        block = np.asarray(matrix[start : start + BLOCK_ROWS], dtype=np.float32)
+    # float16 rows are converted a cache-sized block at a time into one reused float32 buffer.
+    step = BLOCK_ROWS if matrix.dtype == np.float32 else max(1, min(BLOCK_ROWS, (4 << 20) // (4 * matrix.shape[1])))
+    buffer = None if matrix.dtype == np.float32 else np.empty((step, matrix.shape[1]), dtype=np.float32)
+    for start in range(0, len(matrix), step):
+        block = matrix[start : start + step]
+        if buffer is not None:
+            block = buffer[: len(block)]
+            np.copyto(block, matrix[start : start + step], casting="same_kind")
         scores = queries @ block.T
         idx = _best(scores, k)
         scores = np.take_along_axis(scores, idx, axis=1)
