@@ -30,7 +30,7 @@ GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
 HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(p for p in pathlib.Path(sys.argv[2],c).iterdir() if p.suffix.lower() in {".jpg",".jpeg",".png",".webp",".bmp",".gif",".tif",".tiff"})[0])' $(RUN)/run.json $(DATA))
 
-.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean
+.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean bench
 
 help:
 	@echo "make demo       synthetic data -> train -> evaluate, offline (installs first)"
@@ -46,6 +46,7 @@ help:
 	@echo "make stop       stop TorchServe"
 	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
+	@echo "make bench      CPU benchmark suite (~10 min): serving, in-process ceiling, cache, gallery search"
 	@echo "make lint       ruff"
 	@echo "make clean      remove runs, generated data, caches, logs and archives"
 
@@ -112,6 +113,18 @@ demo: train $(CLIENT_STAMP)
 
 test: $(STAMP) $(CLIENT_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks (docs/benchmarks.md): the CPU suite, results as JSON in $(BENCH_OUT)/. Uses the real-photo
+# MobileNetV2 run when there is one, else trains a 1-epoch run into runs/bench-mnv2 first.
+BENCH_RUN ?= $(if $(wildcard runs/cars-mnv2/run.json),runs/cars-mnv2,runs/bench-mnv2)
+BENCH_OUT ?= runs/bench
+bench: $(STAMP) $(CLIENT_STAMP)
+	$(PY) -m bench.serving --run $(BENCH_RUN) --batch-size 8,16 --max-batch-delay 10 --workers 1,2 \
+	  --concurrency 16 --images 64 --json $(BENCH_OUT)/serving.json
+	$(PY) -m bench.training_cache --json $(BENCH_OUT)/training_cache.json
+	$(CLIENT_PY) bench/gallery_search.py --dtypes float32 \
+	  --pairs 10000x1280,100000x512,100000x1280,100000x2048,1000000x1280 --json $(BENCH_OUT)/gallery_float32.json
+	$(CLIENT_PY) bench/gallery_search.py --dtypes float16 --pairs 100000x1280 --json $(BENCH_OUT)/gallery_float16.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
