@@ -7,8 +7,9 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from serve.archive import build_archive
@@ -35,9 +36,25 @@ def server_config(tmp_path: Path, store: Path, base: str = "config.properties", 
     text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
     for key, value in overrides.items():
         text = re.sub(rf'"{key}": [^,\\]+', f'"{key}": {value}', text)
+    # Worker sockets are /tmp/.ts.sock.<port>: a port of its own lets several servers run at once.
+    text += f"\ninitial_worker_port={free_ports(1)[0]}\n"
     path = tmp_path / "config.properties"
     path.write_text(text)
     return path
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the launcher's whole group (Java frontend, Python workers) and wait until every
+    member is gone, SIGKILL after `timeout`: a restart on the same store must not find it alive."""
+    with suppress(ProcessLookupError):  # it may have exited on its own: keep its error visible
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    with suppress(ProcessLookupError):
+        while True:
+            process.poll()  # reap the launcher: a zombie would keep the group alive
+            os.killpg(process.pid, signal.SIGKILL if time.monotonic() > deadline else 0)
+            time.sleep(0.1)
+    process.wait(timeout=timeout)
 
 
 @contextmanager
@@ -55,6 +72,8 @@ def running_torchserve(
         archive = build_archive(run, root / "store")
     config = server_config(root, root / "store", base, **{"maxBatchDelay": "300", **overrides})
     env = {**os.environ, **(env or {}), "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
+    # torchserve refuses to start while the one in $TMPDIR/.model_server.pid runs: a TMPDIR of its own.
+    env["TMPDIR"] = str(root)
     sink = open(output, "ab") if output else subprocess.DEVNULL  # noqa: SIM115 (closed in finally)
     process = subprocess.Popen(
         [*torchserve_command(config), "--foreground"], env=env, cwd=root, start_new_session=True,
@@ -69,10 +88,6 @@ def running_torchserve(
             "pid": process.pid, "key_file": root / "key_file.json",
         }  # fmt: skip
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         if output:
             sink.close()
