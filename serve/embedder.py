@@ -93,20 +93,22 @@ def is_plain_jpeg(image: Image.Image, data: bytes) -> bool:
     return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
 
 
-def resize_normalise(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 [3, H, W] on any device -> float32 [3, S, S]: the tensor twin of `Preprocessing`.
-
-    Same size, interpolation (antialiased, as PIL), rounding back to 8 bits as PIL's resize does,
-    then /255 and the same mean/std. Matches the PIL path to about one grey level per pixel.
-    """
+def resize_pixels(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 [3, H, W] on any device -> float32 [3, S, S] in 0..255: the resize of `Preprocessing`,
+    antialiased as PIL's and rounded back to 8 bits as PIL's resize does (within ~1 grey level)."""
     size = preprocessing.input_size
     image = pixels.unsqueeze(0).float()
     if tuple(image.shape[-2:]) != (size, size):
         image = F.interpolate(image, size=(size, size), mode=preprocessing.interpolation, antialias=True)
         image = image.round_().clamp_(0, 255)
-    mean = torch.tensor(preprocessing.mean, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std, device=image.device).view(1, 3, 1, 1)
-    return ((image / 255.0 - mean) / std)[0]
+    return image[0]
+
+
+def normalise(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """float [N, 3, S, S] in 0..255 -> /255 and the servable's mean/std, as ToTensor + Normalize."""
+    mean = torch.tensor(preprocessing.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing.std, device=batch.device).view(1, 3, 1, 1)
+    return (batch / 255.0 - mean) / std
 
 
 class Embedder:
@@ -218,11 +220,11 @@ class Embedder:
                         decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
                     except RuntimeError:
                         decoded.append(None)
-        return {
-            index: resize_normalise(pixels, self.preprocessing)
-            for index, pixels in zip(indices, decoded, strict=True)
-            if pixels is not None
-        }
+        kept = [(index, pixels) for index, pixels in zip(indices, decoded, strict=True) if pixels is not None]
+        if not kept:
+            return {}
+        resized = torch.stack([resize_pixels(pixels, self.preprocessing) for _, pixels in kept])
+        return dict(zip([index for index, _ in kept], normalise(resized, self.preprocessing).unbind(0), strict=True))
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Runs the network once per batch size: compiles (`compile=True`) and sizes cuDNN's plans."""
