@@ -139,30 +139,70 @@ def handler_rate(run: Path, device: str, bodies: list[bytes], batch_size: int, r
     return len(bodies) / median(timed_passes(work, repeats, torch.device(device)))
 
 
-def measure(
-    run: Path,
-    device: str,
-    bodies: list[bytes],
-    batch_sizes: list[int],
-    repeats: int,
-    options: dict | None = None,
-    with_handler: bool = True,
-) -> list[dict]:
-    """One row per batch size: in-process, handler and forward-only images/s and their ratios."""
-    options = options or {}
-    embedder = Embedder.load(run, device=device, batch_size=max(batch_sizes), **options)
+def _worker(run: str, device: str, bodies: list[bytes], batch_size: int, repeats: int, threads: int | None,
+            options: dict, barrier, results) -> None:  # fmt: skip
+    """One of `processes` concurrent embedders (a TorchServe worker's share of the machine)."""
+    if threads:
+        torch.set_num_threads(threads)
+    embedder = Embedder.load(run, device=device, batch_size=batch_size, **options)
     if options.get("compile"):
-        embedder.warm_up(tuple(batch_sizes))
+        embedder.warm_up((batch_size,))
+    for kind, rate in (("inprocess", inprocess_rate), ("forward", forward_rate)):
+        barrier.wait()  # all processes time the same step at the same time
+        results.put((kind, rate(embedder, bodies, batch_size, repeats)))
+
+
+def rates(
+    run: Path, device: str, bodies: list[bytes], batch_size: int, repeats: int, processes: int = 1,
+    threads: int | None = None, options: dict | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Images/s of in-process embedding and of forward-only, summed over `processes` concurrent
+    processes with `threads` torch threads each (None: this process, torch's default threads)."""
+    options = options or {}
+    if processes == 1 and threads is None:
+        embedder = Embedder.load(run, device=device, batch_size=batch_size, **options)
+        if options.get("compile"):
+            embedder.warm_up((batch_size,))
+        return {
+            "inprocess": inprocess_rate(embedder, bodies, batch_size, repeats),
+            "forward": forward_rate(embedder, bodies, batch_size, repeats),
+        }
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # CUDA and OpenMP both need a fresh process
+    barrier, results = context.Barrier(processes), context.Queue()
+    children = [
+        context.Process(
+            target=_worker, args=(str(run), device, bodies, batch_size, repeats, threads, options, barrier, results)
+        )  # fmt: skip
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    totals = {"inprocess": 0.0, "forward": 0.0}
+    for _ in range(2 * processes):
+        kind, rate = results.get(timeout=1800)
+        totals[kind] += rate
+    for child in children:
+        child.join()
+    return totals
+
+
+def measure(
+    run: Path, device: str, bodies: list[bytes], batch_sizes: list[int], repeats: int, options: dict | None = None,
+    with_handler: bool = True, processes: int = 1, threads: int | None = None,
+) -> list[dict]:  # fmt: skip
+    """One row per batch size: in-process, handler and forward-only images/s and their ratios."""
     rows = []
     for batch_size in batch_sizes:
-        inprocess = inprocess_rate(embedder, bodies, batch_size, repeats)
-        forward = forward_rate(embedder, bodies, batch_size, repeats)
-        row = {"batch_size": batch_size, "inprocess_img_s": round(inprocess, 1), "forward_img_s": round(forward, 1),
-               "inprocess/forward": round(inprocess / forward, 3)}  # fmt: skip
-        if with_handler:
+        found = rates(run, device, bodies, batch_size, repeats, processes, threads, options)
+        row = {"batch_size": batch_size, "processes": processes, "threads": threads or torch.get_num_threads(),
+               "inprocess_img_s": round(found["inprocess"], 1), "forward_img_s": round(found["forward"], 1),
+               "inprocess/forward": round(found["inprocess"] / found["forward"], 3)}  # fmt: skip
+        if with_handler and processes == 1:
             handler = handler_rate(run, device, bodies, batch_size, repeats)
             row["handler_img_s"] = round(handler, 1)
-            row["handler/inprocess"] = round(handler / inprocess, 3)
+            row["handler/inprocess"] = round(handler / found["inprocess"], 3)
         rows.append(row)
         print(table([row], list(row)).splitlines()[-1], flush=True)
     return rows
@@ -187,6 +227,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"comma list of steps from {','.join(STEPS)} (no value: the device's default, see above)",
     )
     parser.add_argument("--no-handler", action="store_true", help="skip the handler figure (no `ts` package)")
+    parser.add_argument("--processes", type=int, default=1, help="concurrent embedding processes (default: 1)")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: torch's own)")
     parser.add_argument("--json", help="write the results to this JSON file")
     return parser
 
@@ -206,10 +248,13 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for name, options in steps:
         print(f"== {name} {options}", flush=True)
-        for row in measure(run, args.device, bodies, args.batch_sizes, args.repeats, options, not args.no_handler):
+        found = measure(run, args.device, bodies, args.batch_sizes, args.repeats, options, not args.no_handler,
+                        args.processes, args.threads)  # fmt: skip
+        for row in found:
             results.append({"step": name, **row})
-    columns = [c for c in ("step", "batch_size", "inprocess_img_s", "handler_img_s", "forward_img_s",
-                           "inprocess/forward", "handler/inprocess") if any(c in r for r in results)]  # fmt: skip
+    names = ("step", "batch_size", "processes", "threads", "inprocess_img_s", "handler_img_s", "forward_img_s",
+             "inprocess/forward", "handler/inprocess")  # fmt: skip
+    columns = [c for c in names if any(c in r for r in results)]
     print(table(results, columns))
     payload = {"benchmark": "inprocess", "argv": sys.argv[1:] if argv is None else argv, "run": str(run),
                "images": source, "machine": machine(), "device": args.device, "results": results}  # fmt: skip

@@ -4,15 +4,16 @@
         [--batch-size 4,8,16] [--max-batch-delay 10] [--workers 1,2] [--concurrency 8,32]
 
 Same run, same JPEGs, same device, one command:
- 1. the ceiling in this process (bench/inprocess.py): `Embedder.embed_bytes` (decode + preprocess +
-    forward, batched) and the network alone on pre-decoded tensors;
+ 1. the ceiling without HTTP (bench/inprocess.py): `Embedder.embed_bytes` (decode + preprocess +
+    forward, batched) and the network alone on pre-decoded tensors, in as many processes with as
+    many threads each as every --workers setting gives TorchServe's workers;
  2. for every (batchSize, maxBatchDelay, workers) it starts TorchServe itself (free loopback ports,
     the archive built once), and for every concurrency runs closed-loop keep-alive clients:
     images/s, p50/p95/p99 latency and errors (medians of --repeats windows after --warmup s),
     and the batch sizes the model really saw (the handler's BatchSize metric, one line per batch
     in the server's output);
  3. per configuration, an open-loop run at half of its best throughput: p99 / p50 there.
-Ratios: end-to-end / in-process at the same batch size, in-process / forward-only.
+Ratios: end-to-end / in-process at the same batch size and parallelism, in-process / forward-only.
 
 Without Java (e.g. a GPU machine) `--no-torchserve` measures step 1 and the handler in process.
 On CPU each worker gets OMP_NUM_THREADS = cores / workers (`--worker-threads` overrides).
@@ -45,6 +46,11 @@ def batch_sizes_since(log: Path, offset: int) -> tuple[list[int], int]:
     return [int(m) for m in BATCH_METRIC.findall(text)], offset + len(text)
 
 
+def worker_threads(args: argparse.Namespace, workers: int) -> int:
+    """Torch threads per CPU worker: the cores shared out, unless --worker-threads says otherwise."""
+    return args.worker_threads or max(1, (os.cpu_count() or 1) // workers)
+
+
 def summarise_point(samples: list[Sample], start: float, end: float, repeats: int) -> dict:
     parts = windows(samples, start, end, repeats)
     return {
@@ -68,7 +74,7 @@ def sweep_server(run: Path, archive: Path, bodies: list[bytes], config: dict, ar
     from tests.torchserve import running_torchserve
 
     workers = config["workers"]
-    threads = args.worker_threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(args, workers)
     env = {"OMP_NUM_THREADS": str(threads)} if args.device == "cpu" else {}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -158,9 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
     run = ensure_run(args.run, args.backbone)
     bodies, source = load_photos(args.images, args.data)
     print(f"{source}; run {run}; device {args.device}", flush=True)
-    print("== in process (the ceiling)", flush=True)
-    ceiling = measure(run, args.device, bodies, sorted(set(args.batch_size)), args.repeats, with_handler=True)
-    by_batch = {row["batch_size"]: row for row in ceiling}
+    print("== in process (the ceiling), as many processes and threads as each worker setting", flush=True)
+    ceiling = []
+    for workers in sorted(set(args.workers)):
+        threads = worker_threads(args, workers) if args.device == "cpu" else None
+        ceiling += measure(run, args.device, bodies, sorted(set(args.batch_size)), args.repeats,
+                           with_handler=workers == 1, processes=workers, threads=threads)  # fmt: skip
+    by_setting = {(row["batch_size"], row["processes"]): row for row in ceiling}
     serving: list[dict] = []
     if not args.no_torchserve:
         from serve.archive import build_archive
@@ -174,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
                         print(f"== TorchServe {config}", flush=True)
                         serving.extend(sweep_server(run, archive, bodies, config, args))
         for row in serving:
-            row["e2e/inprocess"] = round(row["img_s"] / by_batch[row["batch_size"]]["inprocess_img_s"], 3)
+            ceiling_row = by_setting[(row["batch_size"], row["workers"])]
+            row["e2e/inprocess"] = round(row["img_s"] / ceiling_row["inprocess_img_s"], 3)
     print("\nIn process:")
     print(table(ceiling, list(ceiling[0])))
     summary = {}
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("\nEnd to end (TorchServe):")
         print(table(serving, columns))
         best = max((r for r in serving if "clients" in r["load"]), key=lambda r: r["img_s"])
-        best_inprocess = max(r["inprocess_img_s"] for r in ceiling)
+        best_inprocess = max(r["inprocess_img_s"] for r in ceiling)  # the best parallelism too
         summary = {
             "best_e2e_img_s": best["img_s"],
             "best_config": {k: best[k] for k in ("batch_size", "max_batch_delay", "workers", "threads", "load")},

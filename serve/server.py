@@ -132,6 +132,16 @@ def torchserve_command(config: Path, *extra: str) -> list[str]:
     return [find_tool("torchserve"), "--ts-config", str(config), "--ncs", *extra]
 
 
+def threads_per_worker(properties: dict[str, str]) -> int:
+    """CPU threads for each worker: the cores shared out between the model's workers. Workers
+    inherit OMP_NUM_THREADS; without it each would use every core and they would fight over them."""
+    try:
+        workers = max(int(v.get("minWorkers", 1)) for v in json.loads(properties.get("models", "{}"))[MODEL].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        workers = 1
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
 def start(config: Path, log_dir: Path) -> None:
     properties = read_properties(config)
     check_java()
@@ -139,6 +149,7 @@ def start(config: Path, log_dir: Path) -> None:
     check_ports_free(properties)
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LOG_LOCATION": str(log_dir), "METRICS_LOCATION": str(log_dir)}
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(properties)))
     # The daemon must not hold our stdout/stderr open, or `make serve | tail` would never end.
     with open(log_dir / "torchserve.out", "ab") as output:
         started = subprocess.run(

@@ -62,7 +62,7 @@ def running_torchserve(
     run: Path, root: Path, base: str = "config.properties", *, output: Path | None = None, env: dict | None = None,
     **overrides: str,
 ) -> Iterator[dict]:
-    """TorchServe serving `run` with serve/`base`, with a 300 ms batching window so batches form.
+    """TorchServe serving `run` with serve/`base`, one worker and a 300 ms batching window so batches form.
     An archive already in root/store is reused (a restart serves the same model store).
     `output` receives the server's stdout and stderr (the benchmarks read the handler's per-batch
     metric lines there); `env` adds environment variables (e.g. OMP_NUM_THREADS for the workers)."""
@@ -70,7 +70,9 @@ def running_torchserve(
     archive = root / "store" / "cars.mar"
     if not archive.is_file():
         archive = build_archive(run, root / "store")
-    config = server_config(root, root / "store", base, **{"maxBatchDelay": "300", **overrides})
+    # One worker in tests (the shipped config has two, for throughput): tests find "the" worker.
+    defaults = {"maxBatchDelay": "300", "minWorkers": "1", "maxWorkers": "1"}
+    config = server_config(root, root / "store", base, **{**defaults, **overrides})
     env = {**os.environ, **(env or {}), "LOG_LOCATION": str(root / "logs"), "METRICS_LOCATION": str(root / "logs")}
     # torchserve refuses to start while the one in $TMPDIR/.model_server.pid runs: a TMPDIR of its own.
     env["TMPDIR"] = str(root)

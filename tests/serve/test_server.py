@@ -30,7 +30,8 @@ def test_archive_holds_only_what_serving_needs(server):
 
 def test_batch_settings_of_the_config_apply(server):
     described = requests.get(f"{server['urls']['management']}/models/cars", timeout=5).json()[0]
-    assert (described["batchSize"], described["maxBatchDelay"], described["responseTimeout"]) == (8, 300, 60)
+    assert (described["batchSize"], described["maxBatchDelay"], described["responseTimeout"]) == (16, 300, 60)
+    assert len(described["workers"]) == 1  # tests/torchserve.py's override of the shipped two
 
 
 def test_server_embedding_equals_in_process_embedder(server):
