@@ -22,6 +22,7 @@ On CPU each worker gets OMP_NUM_THREADS = cores / workers (`--worker-threads` ov
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -166,10 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{source}; run {run}; device {args.device}", flush=True)
     print("== in process (the ceiling), as many processes and threads as each worker setting", flush=True)
     ceiling = []
+    has_ts = importlib.util.find_spec("ts") is not None  # the handler figure needs TorchServe's package
     for workers in sorted(set(args.workers)):
         threads = worker_threads(args, workers) if args.device == "cpu" else None
         ceiling += measure(run, args.device, bodies, sorted(set(args.batch_size)), args.repeats,
-                           with_handler=workers == 1, processes=workers, threads=threads)  # fmt: skip
+                           with_handler=workers == 1 and has_ts, processes=workers, threads=threads)  # fmt: skip
     by_setting = {(row["batch_size"], row["processes"]): row for row in ceiling}
     serving: list[dict] = []
     if not args.no_torchserve:
