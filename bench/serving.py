@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                         config = {"batch_size": batch_size, "max_batch_delay": delay, "workers": workers}
                         print(f"== TorchServe {config}", flush=True)
                         serving.extend(sweep_server(run, archive, bodies, config, args))
-        for row in serving:
+        for row in (r for r in serving if "clients" in r["load"]):  # closed loop: the throughput points
             ceiling_row = by_setting[(row["batch_size"], row["workers"])]
             row["e2e/inprocess"] = round(row["img_s"] / ceiling_row["inprocess_img_s"], 3)
     print("\nIn process:")
