@@ -88,7 +88,9 @@ class ProjectedIndex:
             self.usable = head_dim < dim
         self.head_dim = min(head_dim, dim)
         self.energy = float(energy[self.head_dim - 1])
-        self.shortlist = shortlist or int(np.clip(n // 100, 1000, 10_000))
+        # Gathering the shortlist's full rows costs ~8 us each (random reads across the matrix):
+        # 256 rows at 100k, 1/400 of the gallery above that (recall: bench/gallery_search.py).
+        self.shortlist = shortlist or int(np.clip(n // 400, 256, 10_000))
         self.projection = np.ascontiguousarray(eigenvectors[:, : self.head_dim].T, dtype=np.float32)  # [h, dim]
         self.head = np.empty((n, self.head_dim), dtype=np.float32)
         if self.usable:
