@@ -11,8 +11,11 @@ The ratios in-process / forward-only and handler / in-process show where the tim
 `--ablate` starts from PIL decode + float32 + NCHW and adds one optimisation at a time
 (cumulative): tensor (batched JPEG decode, nvJPEG on CUDA, resize on the device), bf16 (autocast),
 channels_last, compile (torch.compile, warmed up first). Default steps: all four on CUDA;
-tensor,channels_last on CPU (bf16 autocast on a CPU without AMX is slower, not faster). Each figure is the median of
-`--repeats` timed passes over all images after one warm-up pass.
+tensor,channels_last on CPU (the embedder keeps float32 on the CPU, as trained). Each figure is
+the median of `--repeats` timed passes over all images after one warm-up pass.
+
+`--processes N --threads T` runs N embedders at once (T torch threads each) and sums their
+images/s: the in-process twin of N TorchServe workers.
 """
 
 from __future__ import annotations
