@@ -46,7 +46,7 @@ help:
 	@echo "make stop       stop TorchServe"
 	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
-	@echo "make bench      CPU benchmark suite (~10 min): serving, in-process ceiling, cache, gallery search"
+	@echo "make bench      CPU benchmarks (15 min on a busy 2-core machine): serving, cache, gallery search"
 	@echo "make lint       ruff"
 	@echo "make clean      remove runs, generated data, caches, logs and archives"
 
