@@ -36,8 +36,12 @@ def server_config(tmp_path: Path, store: Path, base: str = "config.properties", 
     text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
     for key, value in overrides.items():
         text = re.sub(rf'"{key}": [^,\\]+', f'"{key}": {value}', text)
-    # Worker sockets are /tmp/.ts.sock.<port>: a port of its own lets several servers run at once.
-    text += f"\ninitial_worker_port={free_ports(1)[0]}\n"
+    # Several servers at once (session fixture, fault tests, benchmarks, other checkouts): worker
+    # sockets are /tmp/.ts.sock.<port>, and the gRPC APIs bind 127.0.0.1:7070/7071 by default; a
+    # second frontend failing to bind them shuts itself down.
+    worker, grpc_inference, grpc_management = free_ports(3)
+    text += f"\ninitial_worker_port={worker}\ngrpc_inference_port={grpc_inference}\n"
+    text += f"grpc_management_port={grpc_management}\n"
     path = tmp_path / "config.properties"
     path.write_text(text)
     return path

@@ -79,3 +79,14 @@ def test_bad_items_never_fail_good_ones_in_the_same_batch(server):
     for response, (_, status) in zip(responses, plan, strict=True):
         if status == 200:
             assert np.allclose(response.json()["embedding"], reference, atol=1e-5)
+
+
+def test_the_client_reports_both_size_refusals_as_a_rejected_image(server):
+    from clients.api import EmbeddingClient, ImageRejected
+
+    client = EmbeddingClient(server["url"], retries=0)
+    jpeg = valid_images()["jpeg"]
+    for padding, message in ((11 * 2**20, "limit is"), (17 * 2**20, "too large for the server")):
+        with pytest.raises(ImageRejected, match=message) as refused:
+            client.embed(jpeg + b"\0" * padding)
+        assert refused.value.status == 413
