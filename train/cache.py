@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from train.data import ImageList
 
 
-def _images_signature(images: ImageList) -> list[list[Any]]:
+def images_signature(images: ImageList) -> list[list[Any]]:
     """Path, size and mtime of every image with its class: cheap, and any edit changes it."""
     rows = []
     for path, name in zip(images.paths, images.classes, strict=False):
@@ -36,8 +36,8 @@ def cache_fingerprint(
     payload = {
         "encoder": encoder,
         "preprocessing": preprocessing,
-        "train": _images_signature(train),
-        "val": _images_signature(val),
+        "train": images_signature(train),
+        "val": images_signature(val),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

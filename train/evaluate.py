@@ -9,6 +9,7 @@ a dataset disjoint from training). Writes RUN_DIR/eval.json and, with --plot, RU
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pickle
 import sys
@@ -20,9 +21,11 @@ import torch
 from quaterion import Quaterion
 from quaterion.eval.evaluator import Evaluator
 from quaterion_models import SimilarityModel
+from quaterion_models.encoders import Encoder
 from quaterion_models.heads import EmptyHead, EncoderHead
 
-from train.artifacts import write_file_atomic, write_json_atomic
+from train.artifacts import directory_sha256, write_file_atomic, write_json_atomic
+from train.cache import images_signature
 from train.data import DATASETS, CarsDataset, ImageList, load_image_list
 from train.errors import UsageError, run_cli
 from train.heads import TopStagesHead
@@ -53,6 +56,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: 64)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the query sample (default: 42)")
+    parser.add_argument(
+        "--cache-dir",
+        default=".cache/eval",
+        help="where the frozen encoder's outputs for the evaluated images are kept (default: .cache/eval)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="encode the images again, keep nothing")
     parser.add_argument("--plot", action="store_true", help="also write RUN_DIR/metrics.png, base vs tuned per metric")
     parser.add_argument("--json", action="store_true", help="print eval.json instead of a table")
     return parser
@@ -107,8 +116,41 @@ def apply_head(head: EncoderHead, features: torch.Tensor, batch_size: int) -> to
     )
 
 
+def encoder_outputs(
+    encoder: Encoder, encoder_dir: Path, dataset: CarsDataset, batch_size: int, cache_dir: Path | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen encoder's outputs for every image, and their groups.
+
+    Kept in `cache_dir` under a hash of the encoder's saved files (`encoder_dir`) and the exact images: runs
+    that share a frozen encoder (every recipe on one fold) then encode the evaluation images
+    once. Read back weights-only.
+    """
+    path = None
+    if cache_dir is not None:
+        key = {"encoder": directory_sha256(encoder_dir), "images": images_signature(dataset.images)}
+        digest = hashlib.sha256(json.dumps([key, sorted(dataset.class_ids.items())]).encode()).hexdigest()
+        path = cache_dir / f"{digest[:20]}.pt"
+        if path.is_file():
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            return cached["features"], cached["groups"]
+    print(f"Encoding {len(dataset)} images...", file=sys.stderr)
+    sampler = SelfMaskedGroupSampler(encode_batch_size=batch_size)
+    sampler.accumulate(SimilarityModel(encoders=encoder, head=EmptyHead(encoder.embedding_size)), dataset)
+    features, groups = sampler.accumulator.embeddings.cpu(), sampler.accumulator.groups.cpu()
+    if path is not None:
+        write_file_atomic(path, lambda f: torch.save({"features": features, "groups": groups}, f))
+    return features, groups
+
+
 def evaluate_base_and_tuned(
-    images: ImageList, tuned: SimilarityModel, base_head: EncoderHead, sample_size: int, batch_size: int, seed: int
+    images: ImageList,
+    tuned: SimilarityModel,
+    base_head: EncoderHead,
+    sample_size: int,
+    batch_size: int,
+    seed: int,
+    servable_dir: Path,
+    cache_dir: Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """Runs Quaterion's Evaluator on the untuned network (`base_head`) and on the tuned model.
 
@@ -118,12 +160,9 @@ def evaluate_base_and_tuned(
     """
     class_ids = {name: i for i, name in enumerate(images.class_names)}
     dataset = CarsDataset(images, class_ids)
-    encoder = next(iter(tuned.encoders.values()))
-    encoder_only = SimilarityModel(encoders=encoder, head=EmptyHead(encoder.embedding_size))
-    print(f"Encoding {len(images)} images...", file=sys.stderr)
-    encoded = SelfMaskedGroupSampler(sample_size, batch_size, seed)
-    encoded.accumulate(encoder_only, dataset)
-    features, groups = encoded.accumulator.embeddings, encoded.accumulator.groups
+    (encoder_key, encoder), *_ = tuned.encoders.items()
+    encoder_dir = servable_dir / "encoders" / encoder_key
+    features, groups = encoder_outputs(encoder, encoder_dir, dataset, batch_size, cache_dir)
     tuned.eval()  # SimilarityModel.eval() returns None: never chain it
     base_head.to(features.device)
     results = {}
@@ -185,7 +224,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tuned.to(device)
     base_head = base_head_of(run_dir, tuned)
-    results = evaluate_base_and_tuned(images, tuned, base_head, args.sample_size, args.batch_size, args.seed)
+    cache_dir = None if args.no_cache else Path(args.cache_dir)
+    results = evaluate_base_and_tuned(
+        images, tuned, base_head, args.sample_size, args.batch_size, args.seed, run_dir / "servable", cache_dir
+    )
     seen = set(run["classes"]["train"]) & set(images.class_names)
     report = {
         **results,

@@ -99,11 +99,17 @@ def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synt
     embeddings = model.encode(images)
     assert embeddings.shape == (3, 512) and (embeddings != 0).any()
 
-    reports = {}
-    for name in ("frozen", "tuned"):
-        result = run_module("train.evaluate", "--run", str(tmp_path / name), "--data", str(synthetic_data), "--json")
+    reports, encoded = {}, {}
+    for name in ("frozen", "tuned", "tuned"):
+        result = run_module(
+            "train.evaluate", "--run", str(tmp_path / name), "--data", str(synthetic_data), "--json",
+            "--cache-dir", str(tmp_path / "eval-cache"),
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+        assert reports.get(name, json.loads(result.stdout)) == json.loads(result.stdout)
         reports[name] = json.loads(result.stdout)
+        encoded[name] = encoded.get(name, 0) + ("Encoding" in result.stderr)
+    assert encoded == {"frozen": 1, "tuned": 1}  # the second evaluation reused the encoder's outputs
     # The baseline of a fine-tuned run is the untouched pretrained network, as for a frozen run.
     assert reports["tuned"]["base"] == pytest.approx(reports["frozen"]["base"], abs=1e-3)
     assert reports["tuned"]["tuned"] != reports["tuned"]["base"]
