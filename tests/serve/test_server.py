@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_archive_holds_only_what_serving_needs(server):
     names = set(zipfile.ZipFile(server["archive"]).namelist())
     code = {"handler.py", "serve/__init__.py", "serve/embedder.py"}
-    code |= {f"train/{m}.py" for m in ("__init__", "errors", "encoders", "preprocessing")}
+    code |= {f"train/{m}.py" for m in ("__init__", "errors", "encoders", "heads", "preprocessing")}
     servable = {f"servable/{p}" for p in ("config.json", "head/config.json", "head/weights.bin")}
     servable |= {"servable/encoders/default/encoder.json", "servable/encoders/default/weights.pt"}
     assert names == code | servable | {"run.json", "MAR-INF/MANIFEST.json"}
