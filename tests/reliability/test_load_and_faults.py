@@ -87,7 +87,8 @@ def test_killed_worker_is_restarted_and_clients_only_see_retryable_errors(tiny_r
               f"slowest request {max(latencies):.1f} s")  # fmt: skip
         assert replacement.pid != victim.pid
         assert failures and set(failures) <= RETRYABLE_STATUS, failures
-        assert sum(failures.values()) <= 2 * 8, failures  # the batch in flight, once or twice (batchSize 8)
+        # the batch in flight and the one already handed to the dead worker (batchSize 8), not the load
+        assert sum(failures.values()) <= 4 * 8, failures
         described = requests.get(f"{server['urls']['management']}/models/cars", timeout=10).json()[0]
         assert [w["status"] for w in described["workers"]] == ["READY"]
         after = EmbeddingClient(server["url"], retries=0)
