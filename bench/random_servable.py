@@ -11,13 +11,12 @@ stack. Its embeddings are meaningless; its speed is the trained model's (same ar
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from quaterion_models import SimilarityModel
 from quaterion_models.heads import SkipConnectionHead
 
-from train.artifacts import directory_sha256
+from train.artifacts import directory_sha256, write_dir_atomic, write_json_atomic
 from train.encoders import CarsEncoder
 from train.preprocessing import Preprocessing
 
@@ -26,14 +25,15 @@ def make_servable(backbone: str, out: Path, input_size: int = 224) -> Path:
     encoder = CarsEncoder.create(backbone, "none", Preprocessing(input_size=input_size))
     model = SimilarityModel(encoders=encoder, head=SkipConnectionHead(encoder.embedding_size))
     out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out / "servable"))
+    # Atomic, as training's: an interrupted run must not leave a servable that no run.json matches.
+    write_dir_atomic(out / "servable", model.save)
     run = {
         "model_version": directory_sha256(out / "servable"),
         "note": "random weights (bench/random_servable.py): for speed measurements only",
         "args": {"backbone": backbone, "weights": "none", "input_size": input_size},
         "embedding_size": encoder.embedding_size,
     }
-    (out / "run.json").write_text(json.dumps(run, indent=2))
+    write_json_atomic(out / "run.json", run)
     print(f"Wrote {out}/servable ({backbone}, {input_size} px, random weights), version {run['model_version'][:12]}")
     return out
 
