@@ -51,6 +51,9 @@ from train.model import BASE_TOP_FILE, LOSSES, MINING, CarsModel, cache_config, 
 from train.preprocessing import Preprocessing, training_augmentation
 
 VAL_LOSS = f"{TrainStage.VALIDATION}_loss"
+VAL_RRP = f"rrp_{TrainStage.VALIDATION}"
+# --select-by: (Lightning's metric name, whether larger is better)
+SELECT_BY = {"loss": (VAL_LOSS, False), "r_precision": (VAL_RRP, True)}
 PACKAGES = ("torch", "torchvision", "quaterion", "quaterion-models", "pytorch-lightning", "torchmetrics")
 
 
@@ -135,6 +138,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "first epoch (default: 0, off)",
     )
     optim.add_argument(
+        "--select-by",
+        default="loss",
+        choices=tuple(SELECT_BY),
+        help="validation score that picks the saved epoch and stops training: the loss, or R-precision "
+        "on held-back images of the training classes (default: loss)",
+    )
+    optim.add_argument(
         "--patience", type=int, default=5, help="early-stopping patience in epochs on validation loss (default: 5)"
     )
     optim.add_argument(
@@ -190,14 +200,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 class KeepBestHead(pl.Callback):
-    """Restores the head of the epoch with the lowest validation loss when training ends.
+    """Restores the head of the epoch with the best validation score when training ends: the
+    lowest loss, or the highest R-precision (`select_by`), on held-back images of the training
+    classes.
 
     Also stops training at the first non-finite training loss (`diverged`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, select_by: str = "loss") -> None:
+        self.monitor, self.higher_is_better = SELECT_BY[select_by]
         self.diverged = False
-        self.best_loss = float("inf")
+        self.best_score = -math.inf if self.higher_is_better else math.inf
+        self.best_loss = math.inf  # the validation loss of the kept epoch
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
@@ -207,11 +221,15 @@ class KeepBestHead(pl.Callback):
             self.diverged = trainer.should_stop = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
-        # The hook EarlyStopping uses too, so both judge the same validation loss.
-        loss = trainer.callback_metrics.get(VAL_LOSS)
-        if trainer.sanity_checking or loss is None or not math.isfinite(loss) or float(loss) >= self.best_loss:
+        # The hook EarlyStopping uses too, so both judge the same validation score.
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or score is None or not math.isfinite(score):
             return
-        self.best_loss, self.best_epoch = float(loss), trainer.current_epoch
+        better = float(score) > self.best_score if self.higher_is_better else float(score) < self.best_score
+        if not better:
+            return
+        self.best_score, self.best_epoch = float(score), trainer.current_epoch
+        self.best_loss = float(trainer.callback_metrics.get(VAL_LOSS, math.nan))
         self.best_state = copy.deepcopy(pl_module.model.head.state_dict())
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
@@ -335,10 +353,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         make_loader(CarsDataset(splits.val, class_ids), args.batch_size, False, workers) if splits.val else None
     )
 
-    best = KeepBestHead()
+    best = KeepBestHead(args.select_by)
     callbacks: list[pl.Callback] = [best, SeedAtFitStart(args.seed)]
     if val_loader is not None:
-        callbacks.append(EarlyStopping(VAL_LOSS, patience=args.patience))
+        monitor, higher_is_better = SELECT_BY[args.select_by]
+        callbacks.append(EarlyStopping(monitor, patience=args.patience, mode="max" if higher_is_better else "min"))
     if cache:
         callbacks.append(PublishCache(cache))
     trainer = make_trainer(args, callbacks)
@@ -369,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "last": plain_metric_names(trainer.callback_metrics),
             "best_epoch": best.best_epoch,
             "best_validation_loss": None if best.best_epoch is None else round(best.best_loss, 6),
+            "selected_by": args.select_by,
+            "best_validation_score": None if best.best_epoch is None else round(best.best_score, 6),
             "epochs_run": trainer.current_epoch,
             "train_seconds": round(train_seconds, 1),
         },
@@ -381,8 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"Saved {servable} (model version {run['model_version'][:12]}); trained on "
         f"{len(splits.classes.train)} classes / {len(splits.train)} images, held out "
-        f"{len(splits.classes.holdout)} classes; best validation loss {run['metrics']['best_validation_loss']} "
-        f"at epoch {best.best_epoch} of {trainer.current_epoch}"
+        f"{len(splits.classes.holdout)} classes; best validation {args.select_by} "
+        f"{run['metrics']['best_validation_score']} at epoch {best.best_epoch} of {trainer.current_epoch}"
     )
     return run
 

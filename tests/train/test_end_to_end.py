@@ -93,7 +93,7 @@ def test_evaluate_refuses_data_without_the_held_out_classes(trained, tmp_path):
 def test_saved_head_is_the_one_with_the_best_validation_loss(trained, synthetic_data):
     """Recomputes the validation loss of the saved servable: it must be the best epoch's."""
     import torch
-    from quaterion.loss import TripletLoss
+    from train.model import make_loss
 
     from train.data import load_image_list, split_classes, split_validation
     from train.preprocessing import load_image
@@ -108,5 +108,7 @@ def test_saved_head_is_the_one_with_the_best_validation_loss(trained, synthetic_
     model = SimilarityModel.load(str(run_dir / "servable"))
     embeddings = model.encode([load_image(p) for p in val.paths], batch_size=64, to_numpy=False)
     groups = torch.tensor([class_ids[c] for c in val.classes])
-    loss = TripletLoss(mining=args["mining"], margin=args["margin"])(embeddings, groups)
+    loss = make_loss(args["loss"], args["margin"], args["mining"], embeddings.shape[1], len(class_ids))(
+        embeddings, groups
+    )
     assert float(loss) == pytest.approx(run["metrics"]["best_validation_loss"], abs=1e-4)

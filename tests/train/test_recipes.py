@@ -120,7 +120,7 @@ def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synt
     "extra",
     [
         ["--loss", "triplet", "--xbm-size", "256", "--sampler", "balanced"],
-        ["--loss", "arcface"],
+        ["--loss", "arcface", "--select-by", "r_precision"],
         ["--loss", "softmax"],
         ["--loss", "circle"],
         ["--loss", "online_contrastive"],
@@ -131,5 +131,7 @@ def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synt
 def test_every_loss_trains_end_to_end(synthetic_data, tmp_path, extra):
     run = train_run(synthetic_data, tmp_path / "run", tmp_path / "cache", *extra)
     assert run["args"]["loss"] == extra[1]
+    assert run["metrics"]["selected_by"] == run["args"]["select_by"]
+    assert run["metrics"]["best_epoch"] is not None
     assert all(torch.isfinite(torch.tensor(v)) for v in run["metrics"]["last"].values())
     assert (tmp_path / "run" / "servable").is_dir()
