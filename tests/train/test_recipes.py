@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from tests.conftest import run_module
 from train import compat  # noqa: F401
 from quaterion_models import SimilarityModel
 
+from serve.embedder import Embedder
 from train.data import ClassBalancedSampler, split_classes
 from train.encoders import build_backbone, split_backbone
 from train.errors import UsageError
@@ -98,6 +100,9 @@ def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synt
     images = [load_image(p) for p in sorted(synthetic_data.rglob("*.jpg"))[:3]]
     embeddings = model.encode(images)
     assert embeddings.shape == (3, 512) and (embeddings != 0).any()
+    served = Embedder.load(tmp_path / "tuned").embed(images)  # what the TorchServe handler runs
+    normalised = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(served, normalised, atol=1e-5)
 
     reports, encoded = {}, {}
     for name in ("frozen", "tuned", "tuned"):
