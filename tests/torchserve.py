@@ -63,7 +63,12 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
 
 @contextmanager
 def running_torchserve(
-    run: Path, root: Path, base: str = "config.properties", *, output: Path | None = None, env: dict | None = None,
+    run: Path,
+    root: Path,
+    base: str = "config.properties",
+    *,
+    output: Path | None = None,
+    env: dict | None = None,
     **overrides: str,
 ) -> Iterator[dict]:
     """TorchServe serving `run` with serve/`base`, one worker and a 300 ms batching window so batches form.
