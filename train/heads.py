@@ -30,7 +30,6 @@ class TopStagesHead(EncoderHead):
         output_size: int,
         dropout: float = 0.0,
         skip: bool = True,
-        **kwargs: Any,
     ):
         # Dropout belongs after the top stages (in the skip head), not on the trunk's feature map.
         super().__init__(input_embedding_size, dropout=0.0)

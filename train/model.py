@@ -61,7 +61,7 @@ class CarsModel(TrainableModel):
         preprocessing: Preprocessing,
         lr: float = 3e-3,
         mining: str = "hard",
-        margin: float = 0.5,
+        margin: float | None = None,
         dropout: float = 0.1,
         cache: CacheConfig | None = None,
         trainable_blocks: int = 0,
@@ -142,7 +142,7 @@ def make_loss(name: str, margin: float | None, mining: str, embedding_size: int,
     """The loss named by --loss; `margin=None` keeps each loss's own default margin."""
     margin_kw = {} if margin is None else {"margin": margin}
     if name == "triplet":
-        return TripletLoss(mining=mining, margin=0.5 if margin is None else margin)
+        return TripletLoss(mining=mining, margin=0.5 if margin is None else margin)  # 0.5: the seed recipe's
     if name == "arcface":
         return ArcFaceLoss(embedding_size, num_classes, **margin_kw)
     if name == "softmax":
