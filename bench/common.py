@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -143,3 +144,14 @@ def _cell(value: object) -> str:
 def parse_list(text: str, kind: type = int) -> list:
     """ "1,8,16" -> [1, 8, 16] (argparse type for sweeps)."""
     return [kind(part) for part in text.split(",") if part.strip()]
+
+
+def add_model_and_photo_arguments(parser: argparse.ArgumentParser, images: int, devices: str) -> None:
+    """The run, device and photo options every serving benchmark shares (same names, same defaults)."""
+    parser.add_argument(
+        "--run", default="runs/cars-mnv2", help="trained run, trained if missing (default: %(default)s)"
+    )
+    parser.add_argument("--backbone", default="mobilenet_v2", help="backbone of a run to train (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help=f"{devices} (default: %(default)s)")
+    parser.add_argument("--data", help="JPEG folder (default: ../shared/data/cars196-dev, else generated photos)")
+    parser.add_argument("--images", type=int, default=images, help="distinct images per pass (default: %(default)s)")

@@ -28,7 +28,16 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ensure_run, load_photos, machine, median, parse_list, table, write_json
+from bench.common import (
+    add_model_and_photo_arguments,
+    ensure_run,
+    load_photos,
+    machine,
+    median,
+    parse_list,
+    table,
+    write_json,
+)
 from serve.embedder import Embedder, InvalidImage, decode_image
 
 # What each --ablate step switches on, on top of the previous ones (baseline: PIL, float32, NCHW).
@@ -213,13 +222,7 @@ def measure(
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--run", default="runs/cars-mnv2", help="trained run, trained (1 epoch) if missing (default: %(default)s)"
-    )
-    parser.add_argument("--backbone", default="mobilenet_v2", help="backbone of a run to train (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--data", help="JPEG folder (default: ../shared/data/cars196-dev, else generated photos)")
-    parser.add_argument("--images", type=int, default=128, help="images per pass (default: %(default)s)")
+    add_model_and_photo_arguments(parser, images=128, devices="cpu, cuda or cuda:N")
     parser.add_argument("--batch-sizes", type=parse_list, default=[8, 32], help="comma list (default: 8,32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes, median reported (default: %(default)s)")
     parser.add_argument(

@@ -32,7 +32,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.common import ensure_run, load_photos, machine, median, parse_list, table, write_json
+from bench.common import (
+    add_model_and_photo_arguments,
+    ensure_run,
+    load_photos,
+    machine,
+    median,
+    parse_list,
+    table,
+    write_json,
+)
 from bench.inprocess import measure
 from bench.loadgen import Sample, closed_loop, open_loop, windows
 
@@ -137,13 +146,7 @@ def _wait_for_workers(server: dict, workers: int, timeout: float = 180) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--run", default="runs/cars-mnv2", help="trained run, trained if missing (default: %(default)s)"
-    )
-    parser.add_argument("--backbone", default="mobilenet_v2", help="backbone of a run to train (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    parser.add_argument("--data", help="JPEG folder (default: ../shared/data/cars196-dev, else generated photos)")
-    parser.add_argument("--images", type=int, default=256, help="distinct images sent in turn (default: %(default)s)")
+    add_model_and_photo_arguments(parser, images=256, devices="cpu or cuda")
     sweep = parser.add_argument_group("sweep (comma lists; every combination)")
     sweep.add_argument("--batch-size", type=parse_list, default=[4, 8, 16], help="batchSize (default: 4,8,16)")
     sweep.add_argument("--max-batch-delay", type=parse_list, default=[10], help="maxBatchDelay ms (default: 10)")
