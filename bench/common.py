@@ -155,3 +155,12 @@ def add_model_and_photo_arguments(parser: argparse.ArgumentParser, images: int, 
     parser.add_argument("--device", default="cpu", help=f"{devices} (default: %(default)s)")
     parser.add_argument("--data", help="JPEG folder (default: ../shared/data/cars196-dev, else generated photos)")
     parser.add_argument("--images", type=int, default=images, help="distinct images per pass (default: %(default)s)")
+
+
+def run_and_photos(args: argparse.Namespace) -> tuple[Path, list[bytes], str]:
+    """The run (trained first if missing), the JPEG bodies named by those shared options, and
+    where the bodies came from."""
+    run = ensure_run(args.run, args.backbone)
+    bodies, source = load_photos(args.images, args.data)
+    print(f"{source}; run {run}; device {args.device}", flush=True)
+    return run, bodies, source

@@ -34,8 +34,7 @@ from pathlib import Path
 
 from bench.common import (
     add_model_and_photo_arguments,
-    ensure_run,
-    load_photos,
+    run_and_photos,
     machine,
     median,
     parse_list,
@@ -165,9 +164,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    run = ensure_run(args.run, args.backbone)
-    bodies, source = load_photos(args.images, args.data)
-    print(f"{source}; run {run}; device {args.device}", flush=True)
+    run, bodies, source = run_and_photos(args)
     print("== in process (the ceiling), as many processes and threads as each worker setting", flush=True)
     ceiling = []
     has_ts = importlib.util.find_spec("ts") is not None  # the handler figure needs TorchServe's package
