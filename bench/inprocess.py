@@ -4,7 +4,8 @@
 
 For each batch size it times, on the same JPEG bodies:
   in-process    `Embedder.embed_bytes`: checks + decode + preprocess + forward, batched
-  handler       `CarsHandler.handle` on request dicts, JSON-encoding the answers as TorchServe does
+  handler       `CarsHandler.handle` on request dicts, answers encoded as JSON (the default) and,
+                as `handler_binary`, as float32 bytes (`Accept: application/octet-stream`)
   forward-only  the network on pre-decoded, pre-processed tensors already on the device
 The ratios in-process / forward-only and handler / in-process show where the time goes.
 
@@ -21,7 +22,6 @@ images/s: the in-process twin of N TorchServe workers.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -115,37 +115,30 @@ class _Metrics:
         pass
 
 
-class _Context:
-    """The parts of TorchServe's Context the handler uses."""
+def handler_rate(
+    run: Path, device: str, bodies: list[bytes], batch_size: int, repeats: int, accept: str = "application/json"
+) -> float:
+    """Images/s of the TorchServe handler in process, answers encoded for `accept` (what a worker
+    does, minus the frontend). Needs the `ts` package; the handler picks cuda:<gpu_id> when CUDA
+    is available."""
+    from ts.context import Context, RequestProcessor
 
-    def __init__(self, model_dir: Path, device: str):
-        self.system_properties = {
-            "model_dir": str(model_dir),
-            "gpu_id": device.split(":")[1] if ":" in device else ("0" if device == "cuda" else None),
-        }
-        self.model_yaml_config: dict = {}
-        self.metrics = _Metrics()
-
-    def get_request_header(self, idx: int, key: str) -> None:
-        return None
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        raise RuntimeError(f"a benchmark image was rejected: {code} {phrase}")
-
-
-def handler_rate(run: Path, device: str, bodies: list[bytes], batch_size: int, repeats: int) -> float:
-    """Images/s of the TorchServe handler in process (what a worker does, minus the frontend).
-    Needs the `ts` package; the handler picks cuda:<gpu_id> when CUDA is available."""
     from serve.handler import CarsHandler
 
+    gpu_id = device.split(":")[1] if ":" in device else ("0" if device == "cuda" else None)
     handler = CarsHandler()
-    context = _Context(run, device)
-    handler.initialize(context)
+    handler.initialize(Context("cars", str(run), {}, batch_size, gpu_id, "bench", metrics=_Metrics()))
     requests = [{"body": body} for body in bodies]
 
     def work() -> None:
         for chunk in batches(requests, batch_size):
-            json.dumps(handler.handle(chunk, context))
+            context = Context("cars", str(run), {}, batch_size, gpu_id, "bench", metrics=_Metrics())
+            context.request_processor = [RequestProcessor({"Accept": accept}) for _ in chunk]
+            handler.handle(chunk, context)
+            for index in range(len(chunk)):
+                code, phrase = context.get_response_status(index)
+                if code != 200:
+                    raise RuntimeError(f"a benchmark image was rejected: {code} {phrase}")
 
     return len(bodies) / median(timed_passes(work, repeats, torch.device(device)))
 
@@ -212,7 +205,9 @@ def measure(
                "inprocess/forward": round(found["inprocess"] / found["forward"], 3)}  # fmt: skip
         if with_handler and processes == 1:
             handler = handler_rate(run, device, bodies, batch_size, repeats)
+            binary = handler_rate(run, device, bodies, batch_size, repeats, accept="application/octet-stream")
             row["handler_img_s"] = round(handler, 1)
+            row["handler_binary_img_s"] = round(binary, 1)
             row["handler/inprocess"] = round(handler / found["inprocess"], 3)
         rows.append(row)
         print(table([row], list(row)).splitlines()[-1], flush=True)
@@ -255,8 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
                         args.processes, args.threads)  # fmt: skip
         for row in found:
             results.append({"step": name, **row})
-    names = ("step", "batch_size", "processes", "threads", "inprocess_img_s", "handler_img_s", "forward_img_s",
-             "inprocess/forward", "handler/inprocess")  # fmt: skip
+    names = ("step", "batch_size", "processes", "threads", "inprocess_img_s", "handler_img_s",
+             "handler_binary_img_s", "forward_img_s", "inprocess/forward", "handler/inprocess")  # fmt: skip
     columns = [c for c in names if any(c in r for r in results)]
     print(table(results, columns))
     payload = {"benchmark": "inprocess", "argv": sys.argv[1:] if argv is None else argv, "run": str(run),

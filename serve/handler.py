@@ -3,12 +3,19 @@
 It parses each request of a batch (raw bytes, multipart field `data`, or JSON `{"image":
 "<base64>"}`), answers a bad item with its own 4xx and a JSON error without failing the others,
 embeds the good ones in one batch, and reports the batch size as a metric.
+
+Responses are encoded here, not by TorchServe: its fallback for dicts is `json.dumps(indent=2)`,
+which takes Python's slow pure-Python encoder and, on a GPU, caps a worker well below the model
+(docs/benchmarks.md). A client that sends `Accept: application/octet-stream` gets the embedding as
+raw little-endian float32 bytes, with its dimension and model version in `X-Embedding-Dim` and
+`X-Model-Version` headers; everyone else gets compact JSON.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import os
 from typing import Any
@@ -22,6 +29,8 @@ from serve.embedder import Embedder, ImageLimits, InvalidImage
 logger = logging.getLogger(__name__)
 
 USAGE = 'send image bytes, a multipart file field "data", or JSON {"image": "<base64>"}'
+JSON = "application/json"
+BINARY = "application/octet-stream"  # what a client puts in Accept to get raw float32 bytes
 
 
 def request_bytes(item: dict[str, Any], content_type: str = "") -> bytes:
@@ -59,6 +68,11 @@ def limits_from(config: dict[str, Any]) -> ImageLimits:
     )
 
 
+def json_bytes(payload: dict[str, Any]) -> bytes:
+    """Compact JSON through the C encoder (2x TorchServe's indented fallback, and a smaller body)."""
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def header(context, index: int, name: str) -> str:
     """A request header, whatever case the frontend passed it in."""
     value = context.get_request_header(index, name) or context.get_request_header(index, name.lower())
@@ -81,8 +95,8 @@ class CarsHandler(BaseHandler):
             self.limits,
         )
 
-    def handle(self, data: list[dict[str, Any]], context) -> list[dict[str, Any]]:
-        responses: list[dict[str, Any]] = [{} for _ in data]
+    def handle(self, data: list[dict[str, Any]], context) -> list[bytes]:
+        responses: list[bytes] = [b"" for _ in data]
         bodies, positions = [], []
         for index, item in enumerate(data):
             try:
@@ -93,19 +107,23 @@ class CarsHandler(BaseHandler):
                 self._reject(context, responses, index, error)
         # One call for the whole batch: on CUDA the embedder decodes its JPEGs together (nvJPEG).
         results = self.embedder.embed_bytes(bodies, self.limits) if bodies else []
+        dim, version = self.embedder.dim, self.embedder.model_version
         for position, result in zip(positions, results, strict=True):
             if isinstance(result, InvalidImage):
                 self._reject(context, responses, position, result)
+            elif BINARY in header(context, position, "Accept").lower():
+                context.set_response_content_type(position, BINARY)
+                context.set_response_header(position, "X-Embedding-Dim", str(dim))
+                context.set_response_header(position, "X-Model-Version", version)
+                responses[position] = result.astype("<f4").tobytes()
             else:
-                responses[position] = {
-                    "embedding": result.tolist(),
-                    "dim": self.embedder.dim,
-                    "model_version": self.embedder.model_version,
-                }
+                context.set_response_content_type(position, JSON)
+                responses[position] = json_bytes({"embedding": result.tolist(), "dim": dim, "model_version": version})
         context.metrics.add_metric("BatchSize", len(data), "count", metric_type=MetricTypes.GAUGE)
         return responses
 
     @staticmethod
-    def _reject(context, responses: list[dict[str, Any]], index: int, error: InvalidImage) -> None:
+    def _reject(context, responses: list[bytes], index: int, error: InvalidImage) -> None:
         context.set_response_status(code=error.status, phrase=str(error)[:100], idx=index)
-        responses[index] = {"error": str(error), "status": error.status}
+        context.set_response_content_type(index, JSON)
+        responses[index] = json_bytes({"error": str(error), "status": error.status})

@@ -46,6 +46,23 @@ def test_server_embedding_equals_in_process_embedder(server):
     assert np.allclose(payload["embedding"], expected, atol=1e-5)
 
 
+def test_binary_answer_carries_the_same_embedding_as_float32_bytes(server):
+    body = valid_images()["jpeg"]
+    as_json = requests.post(server["url"], data=body, timeout=30)
+    accept_binary = {"Accept": "application/octet-stream"}
+    binary = requests.post(server["url"], data=body, headers=accept_binary, timeout=30)
+    assert as_json.status_code == binary.status_code == 200, binary.text
+    assert as_json.headers["Content-Type"].startswith("application/json")
+    assert binary.headers["Content-Type"] == "application/octet-stream"
+    payload = as_json.json()
+    assert int(binary.headers["X-Embedding-Dim"]) == payload["dim"] == len(binary.content) // 4
+    assert binary.headers["X-Model-Version"] == payload["model_version"]
+    assert np.array_equal(np.frombuffer(binary.content, dtype="<f4"), np.asarray(payload["embedding"], np.float32))
+    refused = requests.post(server["url"], data=b"not an image", headers=accept_binary, timeout=10)
+    assert refused.status_code == 415 and refused.headers["Content-Type"].startswith("application/json")
+    assert refused.json()["error"]
+
+
 def test_three_request_formats_give_the_same_embedding(server):
     body = valid_images()["png"]
     raw = requests.put(server["url"], data=body, timeout=30)  # curl -T
