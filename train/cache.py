@@ -30,15 +30,23 @@ def images_signature(images: ImageList) -> list[list[Any]]:
 
 
 def cache_fingerprint(
-    *, encoder: dict[str, Any], preprocessing: dict[str, Any], train: ImageList, val: ImageList
+    *,
+    encoder: dict[str, Any],
+    preprocessing: dict[str, Any],
+    train: ImageList,
+    val: ImageList,
+    augmentation: dict[str, Any] | None = None,
 ) -> str:
-    """sha256 of the encoder identity, preprocessing and the exact train/val images (in order)."""
+    """sha256 of the encoder identity, preprocessing, the exact train/val images (in order) and,
+    when the training set holds augmented copies, how they were drawn."""
     payload = {
         "encoder": encoder,
         "preprocessing": preprocessing,
         "train": images_signature(train),
         "val": images_signature(val),
     }
+    if augmentation:  # absent otherwise, so caches filled before this option keep their names
+        payload["augmentation"] = augmentation
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from train import compat  # noqa: F401  (must precede quaterion imports)
 from PIL import Image
 from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
+import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision import datasets
 
@@ -171,6 +172,39 @@ class CarsDataset(Dataset):
         if self.augment is not None:
             image = self.augment(image)
         return SimilarityGroupSample(obj=image, group=self.class_ids[self.images.classes[index]])
+
+
+class AugmentedCopies(Dataset):
+    """The images, then `copies` augmented views of each: augmentation the encoder cache can hold.
+
+    Every view is drawn once, from a seed of its own index, so it is the same image in every epoch
+    and every run with this seed: Quaterion caches it like any other item, and the trunk runs on
+    it once instead of every epoch (what makes `--trainable-blocks` with augmentation affordable
+    on a CPU). Index i < len(images) is the plain image i.
+    """
+
+    def __init__(
+        self, dataset: CarsDataset, copies: int, augment: Callable[[Image.Image], Image.Image], seed: int
+    ) -> None:
+        self.dataset, self.copies, self.augment, self.seed = dataset, copies, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset) * (1 + self.copies)
+
+    @property
+    def labels(self) -> list[int]:
+        return [self.dataset.class_ids[name] for name in self.dataset.images.classes] * (1 + self.copies)
+
+    def __getitem__(self, index: int) -> SimilarityGroupSample:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        copy, original = divmod(index, len(self.dataset))
+        sample = self.dataset[original]
+        if copy == 0:
+            return sample
+        with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from torch's RNG
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            return SimilarityGroupSample(obj=self.augment(sample.obj), group=sample.group)
 
 
 class ClassBalancedSampler(Sampler[int]):

@@ -30,10 +30,12 @@ from quaterion import Quaterion
 from quaterion.utils.enums import TrainStage
 
 from quaterion.train.xbm import XbmConfig
+from torch.utils.data import Dataset
 
 from train.artifacts import directory_sha256, write_dir_atomic, write_file_atomic, write_json_atomic
 from train.cache import CacheDirectory, PublishCache, cache_fingerprint
 from train.data import (
+    AugmentedCopies,
     ClassSplit,
     ImageList,
     DATASETS,
@@ -152,6 +154,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="random crop/flip/colour jitter while training; needs --no-cache (default: off)",
     )
+    optim.add_argument(
+        "--augment-copies",
+        type=int,
+        default=0,
+        help="with the cache: add N fixed augmented views of every training image, each encoded "
+        "once, so augmentation keeps the cache's speed (default: 0)",
+    )
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--out", required=True, help="run directory to write servable/ and run.json into")
     runtime.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (default: refuse)")
@@ -193,7 +202,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--input-size must be >= 16, got {args.input_size}")
     check_backbone_and_weights(args.backbone, args.weights)
     if args.augment and not args.no_cache:
-        raise UsageError("--augment changes every epoch's images, so it needs --no-cache")
+        raise UsageError(
+            "--augment changes every epoch's images, so it needs --no-cache (or use --augment-copies N with the cache)"
+        )
+    if args.augment_copies < 0:
+        raise UsageError(f"--augment-copies must be >= 0, got {args.augment_copies}")
+    if args.augment_copies and args.no_cache:
+        raise UsageError("--augment-copies exists for the cache; without it use --augment (fresh views every epoch)")
     check_mining(args.mining, args.batch_size)
     if (Path(args.out) / "run.json").exists() and not args.overwrite:
         raise UsageError(f"{args.out} already holds a run; pass --overwrite to replace it")
@@ -320,18 +335,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     identity = encoder_identity(args)
     cache, fingerprint = None, None
     if not args.no_cache:
+        transform = repr(training_augmentation(args.input_size))
+        copies = {"copies": args.augment_copies, "seed": args.seed, "transform": transform}
         fingerprint = cache_fingerprint(
-            encoder=identity, preprocessing=preprocessing.to_dict(), train=splits.train, val=splits.val
-        )
+            encoder=identity, preprocessing=preprocessing.to_dict(), train=splits.train, val=splits.val,
+            augmentation=copies if args.augment_copies else None,
+        )  # fmt: skip
         cache = CacheDirectory(args.cache_dir, fingerprint)
     # With the cache on, loaders must have no workers: Quaterion then caches labels too and
     # never decodes an image again after the fill (its "full cache").
     workers = 0 if cache else args.workers
     augment = training_augmentation(args.input_size) if args.augment else None
-    train_set = CarsDataset(splits.train, class_ids, augment)
+    train_set: Dataset = CarsDataset(splits.train, class_ids, augment)
+    labels = [class_ids[name] for name in splits.train.classes]
+    if args.augment_copies:
+        train_set = AugmentedCopies(train_set, args.augment_copies, training_augmentation(args.input_size), args.seed)
+        labels = train_set.labels
     sampler, batch_size = None, args.batch_size
     if args.sampler == "balanced":
-        labels = [class_ids[name] for name in splits.train.classes]
         sampler = ClassBalancedSampler(labels, args.batch_size, args.images_per_class, args.seed)
         batch_size = sampler.batch_size
     train_loader = make_loader(train_set, batch_size, True, workers, sampler)

@@ -72,6 +72,8 @@ def test_wrong_weights_file(capsys, small_data, tmp_path):
         (["--sampler", "balanced", "--images-per-class", "1"], "--images-per-class must be >= 2"),
         (["--fold", "2", "--holdout-fraction", "0"], "--fold 2 swaps training and held-out classes"),
         (["--backbone-lr", "0"], "--lr and --backbone-lr must be > 0"),
+        (["--augment-copies", "-1"], "--augment-copies must be >= 0"),
+        (["--augment-copies", "2", "--no-cache"], "--augment-copies exists for the cache"),
     ],
 )
 def test_bad_training_options(capsys, small_data, tmp_path, extra, message):

@@ -15,11 +15,11 @@ from train import compat  # noqa: F401
 from quaterion_models import SimilarityModel
 
 from serve.embedder import Embedder
-from train.data import ClassBalancedSampler, split_classes
+from train.data import AugmentedCopies, CarsDataset, ClassBalancedSampler, load_image_list, split_classes
 from train.encoders import build_backbone, split_backbone
 from train.errors import UsageError
 from train.heads import TopStagesHead
-from train.preprocessing import load_image
+from train.preprocessing import load_image, training_augmentation
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])
@@ -68,6 +68,25 @@ def test_balanced_sampler_batches_hold_p_classes_of_k_images():
         assert 10 not in counts  # a lone image can have no positive
     assert indices == list(ClassBalancedSampler(labels, 18, 4, seed=0))
     assert indices != list(ClassBalancedSampler(labels, 18, 4, seed=1))
+
+
+def test_augmented_copies_are_fixed_views_after_the_originals(synthetic_data):
+    images = load_image_list(str(synthetic_data), "imagefolder")
+    dataset = CarsDataset(images, {name: i for i, name in enumerate(images.class_names)})
+    copies = AugmentedCopies(dataset, 2, training_augmentation(32), seed=7)
+    n = len(dataset)
+    assert len(copies) == 3 * n and copies.labels == [s.group for s in (dataset[i] for i in range(n))] * 3
+    pixels = [np.asarray(copies[i].obj) for i in (0, n, 2 * n)]  # image 0 and its two views
+    assert np.array_equal(pixels[0], np.asarray(dataset[0].obj))
+    assert not np.array_equal(pixels[1], pixels[2]) and pixels[1].shape == (32, 32, 3)
+    torch.manual_seed(123)  # a view does not depend on the global RNG, nor changes it
+    before = torch.get_rng_state()
+    assert np.array_equal(np.asarray(copies[n].obj), pixels[1])
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not np.array_equal(np.asarray(AugmentedCopies(dataset, 2, training_augmentation(32), 8)[n].obj), pixels[1])
+    assert {copies[i].group for i in (0, n, 2 * n)} == {dataset[0].group}
+    with pytest.raises(IndexError):
+        copies[3 * n]
 
 
 def test_fold_two_swaps_training_and_held_out_classes():
@@ -130,6 +149,7 @@ def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synt
         ["--loss", "circle"],
         ["--loss", "online_contrastive"],
         ["--loss", "fast_ap", "--fold", "2"],
+        ["--loss", "triplet", "--trainable-blocks", "1", "--sampler", "balanced", "--augment-copies", "2"],
     ],
     ids=lambda extra: "-".join(a.lstrip("-") for a in extra[:2] + extra[-2:-1]),
 )
