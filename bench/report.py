@@ -52,6 +52,9 @@ def render(payload: dict) -> str:
                 f"{payload['input_size']} px, weights {payload['weights']}", ""]  # fmt: skip
         out += [table(payload["results"], ["run", "epoch_s", "epochs", "total_s", "epoch_times"]), ""]
         out += [f"Speed-up of an epoch with the filled cache: {payload['summary']['speedup']}x", ""]
+    elif kind == "response_encoding":
+        out.append(command_line(payload, "python -m bench.response_encoding"))
+        out += ["", machine_line(payload), "", table(payload["results"], list(payload["results"][0])), ""]
     elif kind == "gallery_search":
         out.append(command_line(payload, "python bench/gallery_search.py"))
         out += ["", f"{machine_line(payload)}; rows: {', '.join(payload['data'])}", ""]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -94,3 +95,15 @@ def test_generated_photos_are_jpegs_when_no_folder_is_given(tmp_path, monkeypatc
     monkeypatch.setattr(common, "CARS_DEV", tmp_path / "absent")
     bodies, source = common.load_photos(3)
     assert len(bodies) == 3 and all(b[:3] == b"\xff\xd8\xff" for b in bodies) and "generated" in source
+
+
+def test_response_encoding_rows_round_trip_and_render(tmp_path):
+    from bench import report, response_encoding
+
+    out = tmp_path / "encoding.json"
+    payload = response_encoding.main(["--dims", "8,2048", "--seconds", "0.01", "--repeats", "1", "--json", str(out)])
+    rows = {(row["dim"], row["encoding"]): row for row in payload["results"]}
+    assert set(rows) == {(d, e) for d in (8, 2048) for e in ("torchserve_json", "handler_json", "handler_binary")}
+    assert rows[2048, "handler_binary"]["bytes"] == 4 * 2048  # float32, nothing else
+    assert rows[2048, "handler_json"]["bytes"] < rows[2048, "torchserve_json"]["bytes"]  # no indentation
+    assert "| 2048 | handler_binary | 8192 |" in report.render(json.loads(out.read_text()))
