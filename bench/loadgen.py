@@ -19,6 +19,8 @@ import numpy as np
 
 from bench.common import percentiles
 
+ACCEPT = {"binary": "application/octet-stream", "json": "application/json"}  # the answer's encoding
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -30,10 +32,11 @@ class Sample:
 class Connection:
     """One keep-alive connection that reconnects after an error."""
 
-    def __init__(self, url: str, timeout: float = 120.0):
+    def __init__(self, url: str, timeout: float = 120.0, answer: str = "binary"):
         parts = urlsplit(url)
         self.host, self.port, self.path = parts.hostname, parts.port or 80, parts.path
         self.timeout = timeout
+        self.headers = {"Content-Type": "application/octet-stream", "Accept": ACCEPT[answer]}
         self.http: http.client.HTTPConnection | None = None
 
     def post(self, body: bytes) -> int:
@@ -41,7 +44,7 @@ class Connection:
             try:
                 if self.http is None:
                     self.http = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                self.http.request("POST", self.path, body=body, headers={"Content-Type": "application/octet-stream"})
+                self.http.request("POST", self.path, body=body, headers=self.headers)
                 response = self.http.getresponse()
                 response.read()
                 return response.status
@@ -54,14 +57,16 @@ class Connection:
         return 0
 
 
-def closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> list[Sample]:
-    """`concurrency` clients post images back to back for `seconds`."""
+def closed_loop(
+    url: str, bodies: list[bytes], concurrency: int, seconds: float, answer: str = "binary"
+) -> list[Sample]:
+    """`concurrency` clients post images back to back for `seconds`, asking for `answer` (binary or json)."""
     samples: list[Sample] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
     def client(offset: int) -> None:
-        connection, index, mine = Connection(url), offset, []
+        connection, index, mine = Connection(url, answer=answer), offset, []
         while True:
             started = time.perf_counter()
             if started >= deadline:
@@ -81,14 +86,16 @@ def closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: float)
     return sorted(samples, key=lambda s: s.done)
 
 
-def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, connections: int = 64) -> list[Sample]:
+def open_loop(
+    url: str, bodies: list[bytes], rate: float, seconds: float, connections: int = 64, answer: str = "binary"
+) -> list[Sample]:
     """Requests due every 1/rate s for `seconds`; latency counts from the due time."""
     due_times: queue.Queue = queue.Queue()
     samples: list[Sample] = []
     lock = threading.Lock()
 
     def sender() -> None:
-        connection, mine = Connection(url), []
+        connection, mine = Connection(url, answer=answer), []
         while (item := due_times.get()) is not None:
             due, body = item
             delay = due - time.perf_counter()

@@ -42,7 +42,7 @@ from bench.common import (
     write_json,
 )
 from bench.inprocess import measure
-from bench.loadgen import Sample, closed_loop, open_loop, windows
+from bench.loadgen import ACCEPT, Sample, closed_loop, open_loop, windows
 
 BATCH_METRIC = re.compile(rb"\[METRICS\]BatchSize\.Count:(\d+)")
 
@@ -103,9 +103,10 @@ def sweep_server(run: Path, archive: Path, bodies: list[bytes], config: dict, ar
             _wait_for_workers(server, workers)
             offset = log.stat().st_size
             label = {**config, "threads": threads if args.device == "cpu" else "-"}
+            seconds = args.warmup + args.seconds
             for concurrency in args.concurrency:
                 started = time.perf_counter()
-                samples = closed_loop(server["url"], bodies, concurrency, args.warmup + args.seconds)
+                samples = closed_loop(server["url"], bodies, concurrency, seconds, answer=args.answer)
                 point = summarise_point(
                     samples, started + args.warmup, started + args.warmup + args.seconds, args.repeats
                 )
@@ -116,7 +117,7 @@ def sweep_server(run: Path, archive: Path, bodies: list[bytes], config: dict, ar
             if args.half_load and best > 0:
                 rate = best / 2
                 started = time.perf_counter()
-                samples = open_loop(server["url"], bodies, rate, args.warmup + args.seconds)
+                samples = open_loop(server["url"], bodies, rate, seconds, answer=args.answer)
                 point = summarise_point(
                     samples, started + args.warmup, started + args.warmup + args.seconds, args.repeats
                 )
@@ -157,6 +158,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     timing.add_argument("--seconds", type=float, default=9, help="measured seconds per point (default: %(default)s)")
     timing.add_argument("--repeats", type=int, default=3, help="windows per point, median (default: %(default)s)")
     timing.add_argument("--no-half-load", dest="half_load", action="store_false", help="skip the open-loop points")
+    parser.add_argument(
+        "--answer",
+        choices=tuple(ACCEPT),
+        default="binary",
+        help="the answer the clients ask for: float32 bytes (what clients/ asks for) or JSON (default: binary)",
+    )
     parser.add_argument("--no-torchserve", action="store_true", help="in-process and handler figures only (no Java)")
     parser.add_argument("--json", help="write the results to this JSON file")
     return parser

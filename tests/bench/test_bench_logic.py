@@ -19,8 +19,10 @@ class Echo(BaseHTTPRequestHandler):
     """200 for a body, 400 for an empty one; keep-alive like TorchServe."""
 
     protocol_version = "HTTP/1.1"
+    accepts: set[str] = set()  # the Accept headers seen
 
     def do_POST(self) -> None:
+        Echo.accepts.add(self.headers.get("Accept", ""))
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length)
         self.send_response(200 if body else 400)
@@ -43,10 +45,18 @@ def echo_url():
 
 
 def test_closed_loop_counts_every_answer_and_its_status(echo_url):
+    Echo.accepts.clear()
     samples = closed_loop(echo_url, [b"x", b""], concurrency=2, seconds=0.5)
     assert samples and {s.status for s in samples} == {200, 400}  # client 0 sends b"x", client 1 sends b""
     assert all(s.latency >= 0 for s in samples)
     assert [s.done for s in samples] == sorted(s.done for s in samples)
+    assert Echo.accepts == {"application/octet-stream"}  # the binary answer, as clients/ asks for
+
+
+def test_load_can_ask_for_json_answers(echo_url):
+    Echo.accepts.clear()
+    assert open_loop(echo_url, [b"x"], rate=20, seconds=0.2, connections=2, answer="json")
+    assert Echo.accepts == {"application/json"}
 
 
 def test_open_loop_sends_at_the_given_rate(echo_url):
