@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": vars(args),
         "data": {"root": str(Path(args.data).resolve()), "dataset": args.dataset, "images": len(splits.images)},
         "classes": {"train": list(splits.classes.train), "holdout": list(splits.classes.holdout)},
-        "images": {"train": len(splits.train), "val": len(splits.val)},
+        "images": {"train": len(splits.train), "val": len(splits.val), "train_items": len(train_set)},
         "encoder": {**identity, "embedding_size": model.encoder.embedding_size},
         "embedding_size": model.model.head.output_size,
         "preprocessing": preprocessing.to_dict(),
@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json_atomic(Path(args.out) / "run.json", run)
     print(
         f"Saved {servable} (model version {run['model_version'][:12]}); trained on "
-        f"{len(splits.classes.train)} classes / {len(splits.train)} images, held out "
+        f"{len(splits.classes.train)} classes / {len(splits.train)} images"
+        f"{f' (+ {args.augment_copies} augmented views each)' if args.augment_copies else ''}, held out "
         f"{len(splits.classes.holdout)} classes; best validation {args.select_by} "
         f"{run['metrics']['best_validation_score']} at epoch {best.best_epoch} of {trainer.current_epoch}"
     )

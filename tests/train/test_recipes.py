@@ -157,6 +157,7 @@ def test_every_loss_trains_end_to_end(synthetic_data, tmp_path, extra):
     run = train_run(synthetic_data, tmp_path / "run", tmp_path / "cache", *extra)
     assert run["args"]["loss"] == extra[1]
     assert run["metrics"]["selected_by"] == run["args"]["select_by"]
+    assert run["images"]["train_items"] == (1 + run["args"]["augment_copies"]) * run["images"]["train"]
     assert run["metrics"]["best_epoch"] is not None
     assert all(torch.isfinite(torch.tensor(v)) for v in run["metrics"]["last"].values())
     assert (tmp_path / "run" / "servable").is_dir()
