@@ -122,7 +122,7 @@ bench: $(STAMP) $(CLIENT_STAMP)
 	$(PY) -m bench.serving --run $(BENCH_RUN) --batch-size 8,16 --max-batch-delay 10 --workers 1,2 \
 	  --concurrency 16 --images 64 --json $(BENCH_OUT)/serving.json
 	$(PY) -m bench.training_cache --json $(BENCH_OUT)/training_cache.json
-	$(PY) -m bench.response_encoding --json $(BENCH_OUT)/response_encoding.json
+	$(PY) -m bench.response_encoding --seconds 0.5 --json $(BENCH_OUT)/response_encoding.json
 	$(CLIENT_PY) bench/gallery_search.py --dtypes float32 \
 	  --pairs 10000x1280,100000x512,100000x1280,100000x2048,1000000x1280 --json $(BENCH_OUT)/gallery_float32.json
 	$(CLIENT_PY) bench/gallery_search.py --dtypes float16 --pairs 100000x1280 --json $(BENCH_OUT)/gallery_float16.json
