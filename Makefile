@@ -9,7 +9,9 @@ STAMP      := $(VENV)/.installed
 CLIENT_VENV := .venv-client
 CLIENT_PY   := $(CLIENT_VENV)/bin/python
 CLIENT_STAMP := $(CLIENT_VENV)/.installed
-REQS       := requirements/train.in requirements/serve.in requirements/quaterion.txt requirements/constraints.txt
+REQS       := requirements/train.in requirements/serve.in requirements/quaterion.txt requirements/constraints.txt pyproject.toml
+# The project itself, editable: its packages import from anywhere, without path hacks.
+SELF_INSTALL = -m pip install -q --disable-pip-version-check --no-deps -e .
 
 # Training defaults: the offline synthetic demo. For real cars, e.g.
 #   make train DATA=../shared/data/cars196-dev BACKBONE=mobilenet_v2 \
@@ -58,14 +60,16 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/train.in -r requirements/serve.in
 	@# Quaterion declares Python < 3.11; its dependencies are in train.in, so only it skips the check.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python -r requirements/quaterion.txt
+	$(PY) $(SELF_INSTALL)
 	@command -v java >/dev/null 2>&1 || echo "warning: no 'java' found. Training works without it, but serving (TorchServe) needs Java 17+: apt-get install openjdk-17-jre-headless"
 	@touch $@
 
 client-install: $(CLIENT_STAMP)
 
-$(CLIENT_STAMP): requirements/client.txt requirements/client-qdrant.txt
+$(CLIENT_STAMP): requirements/client.txt requirements/client-qdrant.txt pyproject.toml
 	@test -x $(CLIENT_PY) || $(PYTHON_SYS) -m venv $(CLIENT_VENV)
 	$(CLIENT_PY) -m pip install -q --disable-pip-version-check -r requirements/client-qdrant.txt
+	$(CLIENT_PY) $(SELF_INSTALL)
 	@touch $@
 
 constraints: $(STAMP)

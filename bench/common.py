@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CARS_SHARED", ROOT.parent / "shared"))
-CARS_DEV = SHARED / "data" / "cars196-dev"
-MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pt"
+from core.dev_data import CARS_DEV, MOBILENET_WEIGHTS, ROOT
+from core.files import write_json_atomic
+from core.run import Run
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg"}
 
 
@@ -56,7 +55,7 @@ def ensure_run(run: str | Path, backbone: str = "mobilenet_v2", input_size: int 
     """`run` if it holds a trained run, else trains a small one there (1 epoch; weights from
     ../shared for mobilenet_v2 when present, else random: speed does not depend on the weights)."""
     run = Path(run)
-    if (run / "run.json").is_file():
+    if Run.exists(run):
         return run
     data = CARS_DEV
     if not data.is_dir():
@@ -119,11 +118,7 @@ def write_json(path: str | Path | None, payload: dict) -> None:
     """Writes results atomically (temp + rename) when a path is given."""
     if not path:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, payload)
     print(f"Wrote {path}")
 
 

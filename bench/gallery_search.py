@@ -23,11 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # `python bench/gallery_search.py` from the client venv
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, machine, median, parse_list, table, write_json  # noqa: E402
-from clients.search import ProjectedIndex, exact_top_k  # noqa: E402
+from bench.common import ROOT, machine, median, parse_list, table, write_json
+from clients.search import ProjectedIndex, exact_top_k
 
 TOP_K = 10
 # Eigenvalue i of the real MobileNetV2 car gallery (4,052 x 1,280) falls roughly as i^-1.25 (i = 1..512).

@@ -16,25 +16,21 @@ from pathlib import Path
 from quaterion_models import SimilarityModel
 from quaterion_models.heads import SkipConnectionHead
 
-from train.artifacts import directory_sha256, write_dir_atomic, write_json_atomic
-from train.encoders import CarsEncoder
-from train.preprocessing import Preprocessing
+from core.encoders import CarsEncoder
+from core.preprocessing import Preprocessing
+from core.run import Run
 
 
 def make_servable(backbone: str, out: Path, input_size: int = 224) -> Path:
     encoder = CarsEncoder.create(backbone, "none", Preprocessing(input_size=input_size))
     model = SimilarityModel(encoders=encoder, head=SkipConnectionHead(encoder.embedding_size))
-    out.mkdir(parents=True, exist_ok=True)
-    # Atomic, as training's: an interrupted run must not leave a servable that no run.json matches.
-    write_dir_atomic(out / "servable", model.save)
-    run = {
-        "model_version": directory_sha256(out / "servable"),
+    info = {
         "note": "random weights (bench/random_servable.py): for speed measurements only",
         "args": {"backbone": backbone, "weights": "none", "input_size": input_size},
         "embedding_size": encoder.embedding_size,
     }
-    write_json_atomic(out / "run.json", run)
-    print(f"Wrote {out}/servable ({backbone}, {input_size} px, random weights), version {run['model_version'][:12]}")
+    run = Run.write(out, model.save, info)  # the same atomic writer as training's
+    print(f"Wrote {out}/servable ({backbone}, {input_size} px, random weights), version {run.model_version[:12]}")
     return out
 
 

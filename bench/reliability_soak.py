@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -28,15 +27,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.common import generated_photo, machine, percentiles, write_json  # noqa: E402
-from clients.api import EmbeddingClient  # noqa: E402
-from serve.server import read_properties, threads_per_worker  # noqa: E402
-from tests.reliability.workers import rss_mib, worker_processes  # noqa: E402
-from tests.torchserve import running_torchserve  # noqa: E402
+from bench.common import ROOT, generated_photo, machine, percentiles, write_json
+from clients.api import EmbeddingClient
+from serve.torchserve import read_properties, running_torchserve, threads_per_worker
+from serve.worker_processes import rss_mib, worker_processes
 
 
 def shipped_model_settings() -> tuple[dict[str, str], int]:

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import table  # noqa: E402
+from bench.common import table
 
 SERVING = ["batch_size", "max_batch_delay", "workers", "threads", "load", "img_s", "p50_ms", "p95_ms", "p99_ms",
            "p99/p50", "errors", "mean_batch", "batch_sizes", "e2e/inprocess"]  # fmt: skip

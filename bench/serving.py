@@ -80,7 +80,7 @@ def describe_batches(sizes: list[int]) -> dict:
 
 def sweep_server(run: Path, archive: Path, bodies: list[bytes], config: dict, args: argparse.Namespace) -> list[dict]:
     """Starts TorchServe with `config`, runs every concurrency and the half-load point, stops it."""
-    from tests.torchserve import running_torchserve
+    from serve.torchserve import running_torchserve
 
     workers = config["workers"]
     threads = worker_threads(args, workers)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import requests
 
+from core.errors import UsageError
+
 DEFAULT_URL = "http://127.0.0.1:8080/predictions/cars"
 API_KEY_ENV = "CARS_API_KEY"
 # Embedding is idempotent, so a retry is always safe. TorchServe 0.12 answers the requests of a
@@ -29,7 +31,7 @@ IMAGE_ERRORS = {400, 413, 415}  # the handler's verdicts on one image
 BINARY = "application/octet-stream"
 
 
-class ClientError(Exception):
+class ClientError(UsageError):
     """Anything the user must fix or retry later; CLIs print it as one line and exit 2."""
 
 

@@ -16,15 +16,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python clients/build_gallery.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from tqdm import tqdm
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
-from clients.gallery import DEFAULT_GALLERY, is_qdrant, open_store
+from clients.store import DEFAULT_GALLERY, is_qdrant, open_store
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -79,11 +77,10 @@ def build(args: argparse.Namespace) -> dict:
     pending = [(p, label) for p, label in images if p not in done]
     added, skipped, batch = 0, [], []  # batch: rows not yet in the gallery, added in bulk
 
-    def flush() -> None:
+    def flush() -> None:  # every store's `add` is durable when it returns
         if batch:
             gallery.add(np.stack([r.vector for r, _, _ in batch]), [p for _, p, _ in batch], [lb for _, _, lb in batch])
             batch.clear()
-        gallery.save(out)
 
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
         futures = {pool.submit(embed_file, client, path): (path, label) for path, label in pending}

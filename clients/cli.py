@@ -1,12 +1,12 @@
-"""CLI plumbing for the clients: a ClientError is one line on stderr and exit status 2."""
+"""CLI plumbing for the clients: a ClientError (a `core.errors.UsageError`) is one line on stderr
+and exit status 2, through the project's one runner."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 
-from clients.api import API_KEY_ENV, ClientError
+from clients.api import API_KEY_ENV
+from core.errors import run_cli  # noqa: F401  (the clients' CLIs import it from here)
 
 
 def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
@@ -16,15 +16,3 @@ def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
         help=f"the server's inference key, if it requires one (default: ${API_KEY_ENV}; "
         "prefer the variable: a flag shows in the process list)",
     )
-
-
-def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
-    try:
-        main(argv)
-    except ClientError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0

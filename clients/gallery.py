@@ -1,8 +1,9 @@
-"""The gallery: embeddings of known cars in one local .npz file, searched by exact cosine top-k.
+"""The file store: embeddings of known cars in one local .npz file, searched by exact cosine top-k.
 
 One file holds a float32 matrix [N, dim] with, per row, the image path and label, plus metadata
 (model version, dimension, creation time). It loads without pickle in milliseconds, is replaced
-atomically (temp file + rename), and refuses to mix embeddings of different model versions.
+atomically (temp file + rename) on every `add` when the gallery has a `path`, and refuses to
+mix embeddings of different model versions.
 `search` is exact brute force by default; `approximate=True` uses a `ProjectedIndex` (built once
 per gallery in memory, exact scores, recall measured by bench/gallery_search.py) for long-lived
 callers with large galleries.
@@ -11,8 +12,6 @@ callers with large galleries.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,16 +21,10 @@ import numpy as np
 
 from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
+from clients.store import Hit, version_mismatch
+from core.files import write_file_atomic
 
 FORMAT = "cars-gallery/1"
-DEFAULT_GALLERY = "galleries/gallery.npz"
-
-
-@dataclass(frozen=True)
-class Hit:
-    path: str
-    label: str
-    score: float
 
 
 @dataclass
@@ -42,6 +35,7 @@ class Gallery:
     paths: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    path: Path | None = None  # where `add` writes through; None: in memory until `save`
     _index: ProjectedIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,17 +46,23 @@ class Gallery:
         return len(self.paths)
 
     def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
-        self.embeddings = np.concatenate([self.embeddings, np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)])
-        self.paths += paths
-        self.labels += labels
+        """Appends rows; with a `path`, the file is rewritten atomically before this returns."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        known = {path: row for row, path in enumerate(self.paths)}
+        replaced = [(known[p], i) for i, p in enumerate(paths) if p in known]
+        for row, i in replaced:  # an image already present is replaced, as in every store
+            self.embeddings[row], self.labels[row] = vectors[i], labels[i]
+        new = [i for i, p in enumerate(paths) if p not in known]
+        self.embeddings = np.concatenate([self.embeddings, vectors[new]])
+        self.paths += [paths[i] for i in new]
+        self.labels += [labels[i] for i in new]
         self._index = None
+        if self.path is not None:
+            self.save(self.path)
 
     def check_version(self, model_version: str, where: str) -> None:
         if model_version != self.model_version:
-            raise ClientError(
-                f"{where} serves model {model_version[:12]}, but the gallery was built with "
-                f"{self.model_version[:12]}: rebuild the gallery (make gallery) or serve that model"
-            )
+            raise version_mismatch(where, model_version, self.model_version)
 
     def known_paths(self) -> set[str]:
         return set(self.paths)
@@ -89,25 +89,14 @@ class Gallery:
 
     def save(self, path: str | Path) -> None:
         """Replaces the file at `path` atomically: readers see the old or the new gallery."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"format": FORMAT, "model_version": self.model_version, "dim": self.dim, "created": self.created}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    embeddings=self.embeddings,
-                    paths=np.array(self.paths, dtype=str),
-                    labels=np.array(self.labels, dtype=str),
-                    metadata=np.array(json.dumps(metadata)),
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        arrays = {
+            "embeddings": self.embeddings,
+            "paths": np.array(self.paths, dtype=str),
+            "labels": np.array(self.labels, dtype=str),
+            "metadata": np.array(json.dumps(metadata)),
+        }
+        write_file_atomic(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> Gallery:
@@ -126,23 +115,5 @@ class Gallery:
             raise ClientError(f"{path} is not a gallery of this project (format {metadata.get('format')!r})")
         if embeddings.dtype != np.float32 or embeddings.shape != (len(paths), dim) or len(labels) != len(paths):
             raise ClientError(f"{path} is inconsistent (shape {embeddings.shape}, {len(paths)} paths); rebuild it")
-        return cls(version, dim, embeddings, paths, labels, created)
+        return cls(version, dim, embeddings, paths, labels, created, path=path)
 
-
-def is_qdrant(store: str) -> bool:
-    return store.startswith(("qdrant://", "qdrant+http://", "qdrant+https://"))
-
-
-def open_store(store: str, create: tuple[str, int] | None = None, fresh: bool = False):
-    """The gallery at `store`: a .npz path, or a Qdrant location (see clients/qdrant_store.py).
-
-    `create=(model_version, dim)` makes an empty gallery when there is none yet (or, with
-    `fresh`, replaces it: a file only when first saved, so a killed rebuild keeps the old one).
-    """
-    if is_qdrant(store):
-        from clients.qdrant_store import QdrantGallery
-
-        return QdrantGallery.open(store, create, fresh)
-    if create is not None and (fresh or not Path(store).exists()):
-        return Gallery(*create)
-    return Gallery.load(store)

@@ -3,7 +3,7 @@
     qdrant:///abs/dir?collection=cars  or  qdrant://rel/dir   embedded (local files, no server)
     qdrant+http://host:6333/cars                                   a Qdrant server
 
-Same interface as `clients.gallery.Gallery`. Every point carries path, label and model version;
+The `clients.store.GalleryStore` interface over qdrant-client. Every point carries path, label and model version;
 ids are derived from the path, so re-adding an image overwrites it instead of duplicating it.
 Needs `pip install -r requirements/client-qdrant.txt`.
 """
@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from clients.api import ClientError
-from clients.gallery import Hit
+from clients.store import Hit, version_mismatch
 
 try:
     from qdrant_client import QdrantClient, models
@@ -74,10 +74,7 @@ class QdrantGallery:
 
     def check_version(self, model_version: str, where: str) -> None:
         if self.model_version and model_version != self.model_version:
-            raise ClientError(
-                f"{where} serves model {model_version[:12]}, but the gallery was built with "
-                f"{self.model_version[:12]}: rebuild the gallery or serve that model"
-            )
+            raise version_mismatch(where, model_version, self.model_version)
         self.model_version = model_version
 
     def known_paths(self) -> set[str]:
@@ -89,6 +86,7 @@ class QdrantGallery:
                 return paths
 
     def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
+        """Upserts (wait=True: durable when it returns); ids from paths, so a re-added image is replaced."""
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         points = [
             models.PointStruct(
@@ -103,6 +101,3 @@ class QdrantGallery:
     def search(self, query: np.ndarray, top_k: int = 5) -> list[Hit]:
         found = self.client.query_points(self.collection, query=np.asarray(query, np.float32).tolist(), limit=top_k)
         return [Hit(p.payload["path"], p.payload["label"], float(p.score)) for p in found.points]
-
-    def save(self, path: str | None = None) -> None:
-        """Upserts are durable already: nothing to do."""

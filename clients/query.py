@@ -13,12 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python clients/query.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
-from clients.gallery import DEFAULT_GALLERY, open_store
+from clients.store import DEFAULT_GALLERY, open_store
 
 
 def query(image: Path, gallery, client: EmbeddingClient, top_k: int) -> dict:

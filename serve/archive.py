@@ -2,9 +2,10 @@
 
     python -m serve.archive --run runs/latest [--model-store model_store]
 
-The archive holds only what serving needs: the handler, the embedder, the model-definition
-modules the servable loads (`train/encoders.py`, `train/heads.py`, `train/preprocessing.py`), the
-servable and its `run.json`. No model-config.yaml is packed: its defaults would override the worker settings of
+The archive holds only what serving needs: the `serve` and `core` packages whole (the handler,
+the embedder, and the model-definition modules the servable loads), the servable and its
+`run.json`. No file list is kept by hand: a module added to either package ships with it.
+No model-config.yaml is packed: its defaults would override the worker settings of
 serve/config.properties (responseTimeout, for one). The archive's TorchServe version stays "1.0"
 so that `models=` in serve/config.properties applies (TorchServe silently ignores settings keyed
 by another version); the model's identity is `model_version` from run.json, returned with every
@@ -14,7 +15,6 @@ embedding.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,53 +22,36 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve.server import MODEL, find_tool
-from train.artifacts import directory_sha256
-from train.errors import UsageError, run_cli
+from serve.torchserve import MODEL, find_tool
+from core.errors import UsageError, run_cli
+from core.run import RUN_FILE, SERVABLE_DIR, Run
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE_VERSION = "1.0"
-# Source files the servable needs at load time, relative to the repository root.
-RUNTIME_SOURCES = (
-    "serve/__init__.py",
-    "serve/embedder.py",
-    "train/__init__.py",
-    "train/errors.py",
-    "train/encoders.py",
-    "train/heads.py",
-    "train/preprocessing.py",
-)
+# Packages serving imports at run time, shipped whole (only their .py files, no caches).
+RUNTIME_PACKAGES = ("core", "serve")
 
 
-def check_run(run_dir: Path) -> dict:
-    if not (run_dir / "run.json").is_file() or not (run_dir / "servable").is_dir():
-        raise UsageError(f"no trained run at {run_dir}: train one first (make train RUN={run_dir})")
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except ValueError as error:
-        raise UsageError(f"{run_dir}/run.json is not valid JSON: {error}") from None
-    actual = directory_sha256(run_dir / "servable")
-    if run.get("model_version") != actual:
-        raise UsageError(f"{run_dir}/servable does not match its run.json (content changed after training?)")
-    return run
-
-
-def stage(run_dir: Path, into: Path) -> None:
-    for source in RUNTIME_SOURCES:
-        (into / source).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / source, into / source)
-    shutil.copytree(run_dir / "servable", into / "servable")
-    shutil.copy2(run_dir / "run.json", into / "run.json")
+def stage(run: Run, into: Path) -> None:
+    for package in RUNTIME_PACKAGES:
+        for source in sorted((ROOT / package).glob("*.py")):
+            target = into / package / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    shutil.copytree(run.servable_dir, into / SERVABLE_DIR)
+    shutil.copy2(run.path / RUN_FILE, into / RUN_FILE)
 
 
 def build_archive(run_dir: Path, model_store: Path, name: str = MODEL) -> Path:
     """Writes model_store/<name>.mar atomically and returns its path."""
-    run = check_run(run_dir)
+    if model_store.exists() and not model_store.is_dir():
+        raise UsageError(f"--model-store {model_store} is a file, not a directory")
+    run = Run.open(run_dir, verify=True)
     archiver = find_tool("torch-model-archiver")
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=model_store, prefix=".archive-") as tmp:
         staged, export = Path(tmp) / "extra", Path(tmp) / "export"
-        stage(run_dir, staged)
+        stage(run, staged)
         export.mkdir()
         command = [
             archiver,
@@ -84,7 +67,7 @@ def build_archive(run_dir: Path, model_store: Path, name: str = MODEL) -> Path:
             raise UsageError(f"torch-model-archiver failed: {last[-1] if last else f'status {result.returncode}'}")
         target = model_store / f"{name}.mar"
         os.replace(export / f"{name}.mar", target)
-    print(f"Wrote {target} ({target.stat().st_size / 1e6:.1f} MB), model version {run['model_version'][:12]}")
+    print(f"Wrote {target} ({target.stat().st_size / 1e6:.1f} MB), model version {run.model_version[:12]}")
     return target
 
 

@@ -6,16 +6,15 @@ the servable's own preprocessing, so serving applies exactly what training did.
 
 Two decoders feed the same model. "pil" (the CPU default) is training's own path: PIL decode,
 `to_rgb`, the servable's `Preprocessing`. "tensor" (the CUDA default) decodes plain JPEGs as a
-batch with torchvision (nvJPEG on CUDA) and resizes/normalises on the device with the *same*
-parameters read from the servable's `Preprocessing` (size, interpolation, mean, std); every other
-input (PNG, CMYK, EXIF-rotated, truncated, ...) still goes through PIL. On the GPU, bf16
+batch with torchvision (nvJPEG on CUDA) and hands them to the same `Preprocessing`'s tensor
+backend on the device; every other input (PNG, CMYK, EXIF-rotated, truncated, ...) still goes
+through PIL. The embedder only picks a backend: the transform itself lives in `core.preprocessing`. On the GPU, bf16
 autocast, channels_last and optionally `torch.compile` speed the forward pass up.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from quaterion_models import SimilarityModel
 
-from train.preprocessing import Preprocessing, to_rgb
+from core.preprocessing import Preprocessing, to_rgb
+from core.run import Run
 
 DECODERS = ("auto", "pil", "tensor")
 
@@ -93,24 +93,6 @@ def is_plain_jpeg(image: Image.Image, data: bytes) -> bool:
     return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
 
 
-def resize_pixels(pixels: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 [3, H, W] on any device -> float32 [3, S, S] in 0..255: the resize of `Preprocessing`,
-    antialiased as PIL's and rounded back to 8 bits as PIL's resize does (within ~1 grey level)."""
-    size = preprocessing.input_size
-    image = pixels.unsqueeze(0).float()
-    if tuple(image.shape[-2:]) != (size, size):
-        image = F.interpolate(image, size=(size, size), mode=preprocessing.interpolation, antialias=True)
-        image = image.round_().clamp_(0, 255)
-    return image[0]
-
-
-def normalise(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """float [N, 3, S, S] in 0..255 -> /255 and the servable's mean/std, as ToTensor + Normalize."""
-    mean = torch.tensor(preprocessing.mean, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std, device=batch.device).view(1, 3, 1, 1)
-    return (batch / 255.0 - mean) / std
-
-
 class Embedder:
     """Loads a servable directory and embeds batches of images on one device.
 
@@ -155,10 +137,8 @@ class Embedder:
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 32, **options) -> Embedder:
         """`model_dir` holds `servable/` and the run's `run.json` (a run directory or an unpacked .mar)."""
-        model_dir = Path(model_dir)
-        run = json.loads((model_dir / "run.json").read_text())
-        model = SimilarityModel.load(str(model_dir / "servable"))
-        return cls(model, run["model_version"], device, batch_size, **options)
+        run = Run.open(model_dir)
+        return cls(run.load_model(), run.model_version, device, batch_size, **options)
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """RGB PIL images -> float32 [N, dim], each row of unit length."""
@@ -225,8 +205,8 @@ class Embedder:
         kept = [(index, pixels) for index, pixels in zip(indices, decoded, strict=True) if pixels is not None]
         if not kept:
             return {}
-        resized = torch.stack([resize_pixels(pixels, self.preprocessing) for _, pixels in kept])
-        return dict(zip([index for index, _ in kept], normalise(resized, self.preprocessing).unbind(0), strict=True))
+        batch = self.preprocessing.tensor_batch([pixels for _, pixels in kept])
+        return dict(zip([index for index, _ in kept], batch.unbind(0), strict=True))
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Runs the network once per batch size: compiles (`compile=True`) and sizes cuDNN's plans."""

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from core.dev_data import CARS_DEV, MOBILENET_WEIGHTS, ROOT, SHARED, have_shared
 from train.synthetic import generate
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CARS_SHARED", ROOT.parent / "shared"))
-CARS_DEV = SHARED / "data" / "cars196-dev"
-MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pt"
+__all__ = ["CARS_DEV", "MOBILENET_WEIGHTS", "ROOT", "needs_shared", "run_module"]
 
 needs_shared = pytest.mark.skipif(
-    not (CARS_DEV.is_dir() and MOBILENET_WEIGHTS.is_file()),
+    not have_shared(),
     reason=f"real photos and weights not found under {SHARED} (only CI and developers have ../shared)",
 )
 
@@ -60,8 +57,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One real TorchServe for the whole session, serving `tiny_run` (see tests/torchserve.py)."""
-    from tests.torchserve import running_torchserve
+    """One real TorchServe for the whole session, serving `tiny_run` (see serve/torchserve.py)."""
+    from serve.torchserve import running_torchserve
 
     with running_torchserve(tiny_run, tmp_path_factory.mktemp("torchserve")) as handle:
         yield handle

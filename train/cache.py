@@ -54,6 +54,7 @@ class CacheDirectory:
     """A fingerprinted cache directory: `ready` if a finished cache exists, else a fill target."""
 
     def __init__(self, root: str | Path, fingerprint: str):
+        self.fingerprint = fingerprint
         self.final = Path(root) / fingerprint[:20]
         self.ready = self.final.is_dir()
         self.save_dir = self.final if self.ready else self.final.with_name(f"{self.final.name}.partial-{os.getpid()}")

@@ -3,7 +3,8 @@
 Quaterion imports the private type variable ``T_co`` from ``torch.utils.data.dataloader`` and
 ``torch.utils.data.dataset``; newer torch releases no longer define it there, so ``import
 quaterion`` fails with ImportError. Defining the same covariant TypeVar restores the import; it is
-only used in type annotations. Import this module before anything from ``quaterion``.
+only used in type annotations. `train/__init__.py` imports this module first, so the shim is
+applied once, before any module of the training package imports quaterion.
 (quaterion-models, the serving side, needs no shim.)
 """
 

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
-from train import compat  # noqa: F401  (must precede quaterion imports)
+import torch
 from PIL import Image
 from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
-import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision import datasets
 
-from train.errors import UsageError
-from train.preprocessing import load_image
+from core.errors import UsageError
+from core.preprocessing import load_image
 
 DATASETS = ("imagefolder", "stanford_cars")
 

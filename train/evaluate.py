@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from train import compat  # noqa: F401  (must precede quaterion imports)
 import torch
 from quaterion import Quaterion
 from quaterion.eval.evaluator import Evaluator
@@ -24,12 +23,12 @@ from quaterion_models import SimilarityModel
 from quaterion_models.encoders import Encoder
 from quaterion_models.heads import EmptyHead, EncoderHead
 
-from train.artifacts import directory_sha256, write_file_atomic, write_json_atomic
+from core.errors import UsageError, run_cli
+from core.files import directory_sha256, write_file_atomic, write_json_atomic
+from core.heads import TopStagesHead
+from core.run import Run
 from train.cache import images_signature
 from train.data import DATASETS, CarsDataset, ImageList, load_image_list
-from train.errors import UsageError, run_cli
-from train.heads import TopStagesHead
-from train.model import BASE_TOP_FILE
 from train.metrics import SelfMaskedGroupSampler, retrieval_metrics
 
 WHICH = {"heldout": "held-out", "all": "evaluated"}
@@ -67,21 +66,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_run(run_dir: Path) -> tuple[dict[str, Any], SimilarityModel]:
+def load_run(run_dir: Path) -> tuple[Run, SimilarityModel]:
+    run = Run.open(run_dir)
+    run.require_trained("evaluation (it evaluates the classes the run held out)")
     try:
-        run = json.loads((run_dir / "run.json").read_text())
-        model = SimilarityModel.load(str(run_dir / "servable"))
-    except FileNotFoundError as error:
-        raise UsageError(f"{run_dir} is not a finished training run: {error.filename} is missing") from None
-    except (json.JSONDecodeError, KeyError, ValueError, RuntimeError) as error:
-        raise UsageError(f"{run_dir} holds an unreadable run: {type(error).__name__}: {error}") from None
-    return run, model
+        return run, run.load_model()
+    except (OSError, json.JSONDecodeError, KeyError, ValueError, RuntimeError) as error:
+        raise UsageError(f"{run_dir} holds an unreadable servable: {type(error).__name__}: {error}") from None
 
 
-def select_images(images: ImageList, run: dict[str, Any], which: str) -> ImageList:
+def select_images(images: ImageList, run: Run, which: str) -> ImageList:
     if which == "all":
         return images
-    holdout = set(run["classes"]["holdout"])
+    holdout = set(run.info["classes"]["holdout"])
     if not holdout:
         raise UsageError("this run held out no classes (--holdout-fraction 0); use --classes all with other data")
     missing = sorted(holdout - set(images.class_names))
@@ -93,7 +90,7 @@ def select_images(images: ImageList, run: dict[str, Any], which: str) -> ImageLi
     return images.only(holdout)
 
 
-def base_head_of(run_dir: Path, tuned: SimilarityModel) -> EncoderHead:
+def base_head_of(run: Run, tuned: SimilarityModel) -> EncoderHead:
     """The untuned network's head: nothing for a frozen backbone, the pretrained top stages
     (RUN_DIR/base_top.pt, loaded weights-only) when training fine-tuned them."""
     head = tuned.head
@@ -101,9 +98,9 @@ def base_head_of(run_dir: Path, tuned: SimilarityModel) -> EncoderHead:
         return EmptyHead(head.input_embedding_size)
     base = TopStagesHead(**{**head.get_config_dict(), "skip": False})
     try:
-        base.top.load_state_dict(torch.load(run_dir / BASE_TOP_FILE, map_location="cpu", weights_only=True))
+        base.top.load_state_dict(torch.load(run.base_top_file, map_location="cpu", weights_only=True))
     except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-        raise UsageError(f"cannot read the run's baseline {run_dir / BASE_TOP_FILE}: {error}") from None
+        raise UsageError(f"cannot read the run's baseline {run.base_top_file}: {error}") from None
     return base
 
 
@@ -223,12 +220,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UsageError("every class has a single image: nothing relevant to retrieve")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tuned.to(device)
-    base_head = base_head_of(run_dir, tuned)
+    base_head = base_head_of(run, tuned)
     cache_dir = None if args.no_cache else Path(args.cache_dir)
     results = evaluate_base_and_tuned(
-        images, tuned, base_head, args.sample_size, args.batch_size, args.seed, run_dir / "servable", cache_dir
+        images, tuned, base_head, args.sample_size, args.batch_size, args.seed, run.servable_dir, cache_dir
     )
-    seen = set(run["classes"]["train"]) & set(images.class_names)
+    seen = set(run.info["classes"]["train"]) & set(images.class_names)
     report = {
         **results,
         "classes": len(images.class_names),
@@ -237,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "which": args.classes,
         "classes_seen_in_training": len(seen),
         "sample_size": args.sample_size,
-        "model_version": run["model_version"],
+        "model_version": run.model_version,
     }
     write_json_atomic(run_dir / "eval.json", report)
     if args.plot:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 
-from train import compat  # noqa: F401  (must precede quaterion imports)
 import torch
 from quaterion.eval.group import GroupMetric, RetrievalRPrecision
 from quaterion.eval.samplers.group_sampler import GroupSampler

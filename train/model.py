@@ -8,8 +8,6 @@ are options.
 
 from __future__ import annotations
 
-
-from train import compat  # noqa: F401  (must precede quaterion imports)
 import torch
 from quaterion import TrainableModel
 from quaterion.eval.attached_metric import AttachedMetric
@@ -28,26 +26,11 @@ from quaterion.train.xbm import XbmConfig
 from quaterion_models.heads import EncoderHead, SkipConnectionHead
 from quaterion_models.model import DEFAULT_ENCODER_KEY
 
-from train.encoders import CarsEncoder
-from train.errors import UsageError
-from train.heads import TopStagesHead
-from train.preprocessing import Preprocessing
-
-LOSSES = ("triplet", "arcface", "softmax", "circle", "online_contrastive", "fast_ap")
-MINING = ("hard", "semi_hard", "all")
-BASE_TOP_FILE = "base_top.pt"  # the pretrained top stages, next to run.json: evaluation's baseline
-# "all" and "semi_hard" mining build batch x batch x batch tensors: ~47 GB at batch 1024.
-MAX_CUBIC_MINING_BATCH = 512
-
-
-def check_mining(mining: str, batch_size: int) -> None:
-    if mining not in MINING:
-        raise UsageError(f"Unknown mining {mining!r}. Choose one of: {', '.join(MINING)}")
-    if mining != "hard" and batch_size > MAX_CUBIC_MINING_BATCH:
-        raise UsageError(
-            f"--mining {mining} needs memory cubic in the batch size (~47 GB at 1024); "
-            f"use --batch-size <= {MAX_CUBIC_MINING_BATCH} or --mining hard"
-        )
+from core.encoders import CarsEncoder
+from core.errors import UsageError
+from core.heads import TopStagesHead
+from core.preprocessing import Preprocessing
+from train.config import LOSSES
 
 
 class CarsModel(TrainableModel):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from train.artifacts import write_dir_atomic
-from train.errors import UsageError, run_cli
+from core.errors import UsageError, run_cli
+from core.files import write_dir_atomic
 
 COLOURS = {
     "red": (220, 40, 40),

@@ -2,264 +2,55 @@
 
     python -m train.train --data DIR --out runs/NAME [--backbone resnet152] [--weights default]
 
-Writes RUN_DIR/servable/ (a quaterion-models `SimilarityModel`) and RUN_DIR/run.json (arguments,
-preprocessing, class split, cache fingerprint, metrics, versions, model version).
+Writes RUN_DIR/servable/ (a quaterion-models `SimilarityModel`) and RUN_DIR/run.json (settings,
+preprocessing, class split, cache fingerprint, metrics, versions, model version) through
+`core.run.Run`. Every setting, its default and its checks live in `train/config.py`. While it
+trains, RUN_DIR/checkpoints/ holds the last epoch: `--resume` continues an interrupted run.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import math
 import platform
 import shutil
 import sys
 import time
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from train import compat  # noqa: F401  (must precede quaterion imports)
 import pytorch_lightning as pl
-from loguru import logger
 import torch
+from loguru import logger
 from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from quaterion import Quaterion
-from quaterion.utils.enums import TrainStage
-
 from quaterion.train.xbm import XbmConfig
 from torch.utils.data import Dataset
 
-from train.artifacts import directory_sha256, write_dir_atomic, write_file_atomic, write_json_atomic
+from core.encoders import weights_identity
+from core.errors import UsageError, run_cli
+from core.preprocessing import Preprocessing, training_augmentation
+from core.run import BASE_TOP_FILE, Run
 from train.cache import CacheDirectory, PublishCache, cache_fingerprint
+from train.callbacks import SELECT_BY_METRIC, KeepBestHead, SeedAtFitStart
+from train.checkpoints import RunCheckpoints
+from train.config import TrainConfig, get_args_parser  # noqa: F401  (get_args_parser: this CLI's parser)
 from train.data import (
     AugmentedCopies,
-    ClassSplit,
-    ImageList,
-    DATASETS,
     CarsDataset,
     ClassBalancedSampler,
+    ClassSplit,
+    ImageList,
     check_trainable,
     load_image_list,
     make_loader,
     split_classes,
     split_validation,
 )
-from train.encoders import check_backbone_and_weights, weights_identity
-from train.errors import UsageError, run_cli
-from train.model import BASE_TOP_FILE, LOSSES, MINING, CarsModel, cache_config, check_mining
-from train.preprocessing import Preprocessing, training_augmentation
+from train.model import CarsModel, cache_config
 
-VAL_LOSS = f"{TrainStage.VALIDATION}_loss"
-VAL_RRP = f"rrp_{TrainStage.VALIDATION}"
-# --select-by: (Lightning's metric name, whether larger is better)
-SELECT_BY = {"loss": (VAL_LOSS, False), "r_precision": (VAL_RRP, True)}
 PACKAGES = ("torch", "torchvision", "quaterion", "quaterion-models", "pytorch-lightning", "torchmetrics")
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, help="dataset root directory")
-    data.add_argument(
-        "--dataset", default="imagefolder", choices=DATASETS, help="layout of --data (default: imagefolder)"
-    )
-    data.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=0.5,
-        help="fraction of classes held out of training, to measure retrieval on unseen cars; "
-        "0 trains on every class (default: 0.5)",
-    )
-    data.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="fraction of each training class's images used for validation and early stopping (default: 0.1)",
-    )
-    data.add_argument(
-        "--fold",
-        type=int,
-        default=1,
-        choices=(1, 2),
-        help="2 swaps training and held-out classes of the seeded split (default: 1)",
-    )
-    data.add_argument(
-        "--seed", type=int, default=42, help="seed for the class split, validation split and training (default: 42)"
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--backbone", default="resnet152", help="any torchvision classification model (default: resnet152)"
-    )
-    model.add_argument(
-        "--weights",
-        default="default",
-        help="'default' (torchvision ImageNet weights, downloaded), 'none' (random) "
-        "or a local state-dict path (default: default)",
-    )
-    model.add_argument(
-        "--input-size", type=int, default=224, help="images are resized to this square size (default: 224)"
-    )
-    model.add_argument(
-        "--trainable-blocks",
-        type=int,
-        default=0,
-        help="fine-tune the backbone's last N stages (ResNet layers, MobileNet/EfficientNet blocks) "
-        "with frozen BatchNorm statistics; the encoder cache then holds the frozen trunk's feature maps "
-        "(default: 0, only the head learns)",
-    )
-    optim = parser.add_argument_group("training")
-    optim.add_argument("--epochs", type=int, default=30, help="maximum number of epochs (default: 30)")
-    optim.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
-    optim.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the head (default: 3e-3)")
-    optim.add_argument(
-        "--backbone-lr",
-        type=float,
-        default=1e-4,
-        help="Adam learning rate of the --trainable-blocks stages (default: 1e-4)",
-    )
-    optim.add_argument("--loss", default="triplet", choices=LOSSES, help="Quaterion loss (default: triplet)")
-    optim.add_argument(
-        "--mining", default="hard", choices=MINING, help="triplet / online_contrastive mining (default: hard)"
-    )
-    optim.add_argument("--margin", type=float, default=None, help="loss margin (default: the loss's own; triplet 0.5)")
-    optim.add_argument(
-        "--sampler",
-        default="random",
-        choices=("random", "balanced"),
-        help="batches of random images, or of P classes x K images (--images-per-class) (default: random)",
-    )
-    optim.add_argument("--images-per-class", type=int, default=4, help="K of the balanced sampler (default: 4)")
-    optim.add_argument(
-        "--xbm-size",
-        type=int,
-        default=0,
-        help="cross-batch memory of this many embeddings for the triplet loss, used after the "
-        "first epoch (default: 0, off)",
-    )
-    optim.add_argument(
-        "--select-by",
-        default="loss",
-        choices=tuple(SELECT_BY),
-        help="validation score that picks the saved epoch and stops training: the loss, or R-precision "
-        "on held-back images of the training classes (default: loss)",
-    )
-    optim.add_argument(
-        "--patience", type=int, default=5, help="early-stopping patience in epochs on validation loss (default: 5)"
-    )
-    optim.add_argument(
-        "--augment",
-        action="store_true",
-        help="random crop/flip/colour jitter while training; needs --no-cache (default: off)",
-    )
-    optim.add_argument(
-        "--augment-copies",
-        type=int,
-        default=0,
-        help="with the cache: add N fixed augmented views of every training image, each encoded "
-        "once, so augmentation keeps the cache's speed (default: 0)",
-    )
-    runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--out", required=True, help="run directory to write servable/ and run.json into")
-    runtime.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (default: refuse)")
-    runtime.add_argument(
-        "--cache-dir",
-        default=".cache/encoder",
-        help="root of the fingerprinted encoder caches (default: .cache/encoder)",
-    )
-    runtime.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="run the frozen encoder on every batch instead of caching its embeddings",
-    )
-    runtime.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="data-loading worker processes when training without the cache (default: 2)",
-    )
-    runtime.add_argument(
-        "--cache-batch-size", type=int, default=64, help="batch size while filling the encoder cache (default: 64)"
-    )
-    return parser
-
-
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("epochs", "batch_size", "patience", "cache_batch_size"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.lr <= 0 or args.backbone_lr <= 0:
-        raise UsageError(f"--lr and --backbone-lr must be > 0, got {args.lr} and {args.backbone_lr}")
-    if args.trainable_blocks < 0 or args.xbm_size < 0:
-        raise UsageError("--trainable-blocks and --xbm-size must be >= 0")
-    if args.xbm_size and args.loss != "triplet":
-        raise UsageError(f"--xbm-size works with --loss triplet only (Quaterion has no XBM for {args.loss})")
-    if args.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {args.workers}")
-    if args.input_size < 16:
-        raise UsageError(f"--input-size must be >= 16, got {args.input_size}")
-    check_backbone_and_weights(args.backbone, args.weights)
-    if args.augment and not args.no_cache:
-        raise UsageError(
-            "--augment changes every epoch's images, so it needs --no-cache (or use --augment-copies N with the cache)"
-        )
-    if args.augment_copies < 0:
-        raise UsageError(f"--augment-copies must be >= 0, got {args.augment_copies}")
-    if args.augment_copies and args.no_cache:
-        raise UsageError("--augment-copies exists for the cache; without it use --augment (fresh views every epoch)")
-    check_mining(args.mining, args.batch_size)
-    if (Path(args.out) / "run.json").exists() and not args.overwrite:
-        raise UsageError(f"{args.out} already holds a run; pass --overwrite to replace it")
-
-
-class KeepBestHead(pl.Callback):
-    """Restores the head of the epoch with the best validation score when training ends: the
-    lowest loss, or the highest R-precision (`select_by`), on held-back images of the training
-    classes.
-
-    Also stops training at the first non-finite training loss (`diverged`).
-    """
-
-    def __init__(self, select_by: str = "loss") -> None:
-        self.monitor, self.higher_is_better = SELECT_BY[select_by]
-        self.diverged = False
-        self.best_score = -math.inf if self.higher_is_better else math.inf
-        self.best_loss = math.inf  # the validation loss of the kept epoch
-        self.best_epoch: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: CarsModel, outputs, batch, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
-            self.diverged = trainer.should_stop = True
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
-        # The hook EarlyStopping uses too, so both judge the same validation score.
-        score = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or score is None or not math.isfinite(score):
-            return
-        better = float(score) > self.best_score if self.higher_is_better else float(score) < self.best_score
-        if not better:
-            return
-        self.best_score, self.best_epoch = float(score), trainer.current_epoch
-        self.best_loss = float(trainer.callback_metrics.get(VAL_LOSS, math.nan))
-        self.best_state = copy.deepcopy(pl_module.model.head.state_dict())
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: CarsModel) -> None:
-        if self.best_state is not None:
-            pl_module.model.head.load_state_dict(self.best_state)
-
-
-class SeedAtFitStart(pl.Callback):
-    """Re-seeds after Quaterion's cache step, so a filled and a reused cache train identically."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl.seed_everything(self.seed, workers=True)
 
 
 def versions() -> dict[str, str]:
@@ -275,34 +66,93 @@ class Splits(NamedTuple):
     val: ImageList  # held-back images of the training classes, for early stopping
 
 
-def prepare_splits(args: argparse.Namespace) -> Splits:
-    images = load_image_list(args.data, args.dataset)
-    classes = split_classes(images.class_names, args.holdout_fraction, args.seed, args.fold)
+def prepare_splits(config: TrainConfig) -> Splits:
+    images = load_image_list(config.data, config.dataset)
+    classes = split_classes(images.class_names, config.holdout_fraction, config.seed, config.fold)
     train_images = images.only(set(classes.train))
     check_trainable(train_images)
-    train, val = split_validation(train_images, args.val_fraction, args.seed)
+    train, val = split_validation(train_images, config.val_fraction, config.seed)
     return Splits(images, classes, train, val)
 
 
-def encoder_identity(args: argparse.Namespace) -> dict[str, Any]:
-    identity: dict[str, Any] = {"backbone": args.backbone, "weights": weights_identity(args.weights, args.backbone)}
-    if args.weights == "none":
-        identity["seed"] = args.seed  # random weights depend on the seed
-    if args.trainable_blocks:
-        identity["trainable_blocks"] = args.trainable_blocks  # the cache then holds the trunk's feature maps
+def encoder_identity(config: TrainConfig) -> dict[str, Any]:
+    identity: dict[str, Any] = {
+        "backbone": config.backbone, "weights": weights_identity(config.weights, config.backbone)
+    }  # fmt: skip
+    if config.weights == "none":
+        identity["seed"] = config.seed  # random weights depend on the seed
+    if config.trainable_blocks:
+        identity["trainable_blocks"] = config.trainable_blocks  # the cache then holds the trunk's feature maps
     return identity
 
 
-def make_trainer(args: argparse.Namespace, callbacks: list[pl.Callback]) -> pl.Trainer:
+def encoder_cache(config: TrainConfig, splits: Splits, preprocessing: Preprocessing) -> CacheDirectory | None:
+    """The fingerprinted cache directory of this run's frozen encoder outputs (None with --no-cache)."""
+    if config.no_cache:
+        return None
+    transform = repr(training_augmentation(config.input_size))
+    copies = {"copies": config.augment_copies, "seed": config.seed, "transform": transform}
+    fingerprint = cache_fingerprint(
+        encoder=encoder_identity(config), preprocessing=preprocessing.to_dict(), train=splits.train, val=splits.val,
+        augmentation=copies if config.augment_copies else None,
+    )  # fmt: skip
+    return CacheDirectory(config.cache_dir, fingerprint)
+
+
+class Loaders(NamedTuple):
+    train: Any
+    val: Any | None
+    train_items: int
+
+
+def make_loaders(config: TrainConfig, splits: Splits, class_ids: dict[str, int], cached: bool) -> Loaders:
+    # With the cache on, loaders must have no workers: Quaterion then caches labels too and
+    # never decodes an image again after the fill (its "full cache").
+    workers = 0 if cached else config.workers
+    augment = training_augmentation(config.input_size) if config.augment else None
+    train_set: Dataset = CarsDataset(splits.train, class_ids, augment)
+    labels = [class_ids[name] for name in splits.train.classes]
+    if config.augment_copies:
+        views = training_augmentation(config.input_size)
+        train_set = AugmentedCopies(train_set, config.augment_copies, views, config.seed)
+        labels = train_set.labels
+    sampler, batch_size = None, config.batch_size
+    if config.sampler == "balanced":
+        sampler = ClassBalancedSampler(labels, config.batch_size, config.images_per_class, config.seed)
+        batch_size = sampler.batch_size
+    train = make_loader(train_set, batch_size, True, workers, sampler)
+    val = make_loader(CarsDataset(splits.val, class_ids), config.batch_size, False, workers) if splits.val else None
+    return Loaders(train, val, len(train_set))
+
+
+def make_model(
+    config: TrainConfig, preprocessing: Preprocessing, cache: CacheDirectory | None, num_classes: int, steps: int
+) -> CarsModel:
+    return CarsModel(
+        backbone=config.backbone,
+        weights=config.weights,
+        preprocessing=preprocessing,
+        lr=config.lr,
+        mining=config.mining,
+        margin=config.margin,
+        cache=cache_config(str(cache.save_dir), config.cache_batch_size) if cache else None,
+        trainable_blocks=config.trainable_blocks,
+        backbone_lr=config.backbone_lr,
+        loss=config.loss,
+        num_classes=num_classes,
+        xbm=XbmConfig(buffer_size=config.xbm_size, start_iteration=steps) if config.xbm_size else None,
+    )
+
+
+def make_trainer(config: TrainConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
     """Lightning on the GPU when there is one; per-epoch metrics to RUN_DIR/training_log/metrics.csv;
-    no checkpoints (the best head is kept in memory, the servable is saved at the end)."""
+    the last epoch checkpointed to RUN_DIR/checkpoints/ (for --resume) by a callback in `callbacks`."""
     return pl.Trainer(
         accelerator="auto",
         devices=1,
-        max_epochs=args.epochs,
+        max_epochs=config.epochs,
         callbacks=[*callbacks, TQDMProgressBar(refresh_rate=1)],
-        logger=CSVLogger(args.out, name="training_log", version=""),
-        enable_checkpointing=False,
+        logger=CSVLogger(config.out, name="training_log", version=""),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
@@ -325,109 +175,77 @@ def quiet_quaterion_debug_log() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = get_args_parser().parse_args(argv)
-    check_args(args)
-    quiet_quaterion_debug_log()
-    splits = prepare_splits(args)
-    class_ids = {name: i for i, name in enumerate(splits.classes.train)}
-    pl.seed_everything(args.seed, workers=True)
-    preprocessing = Preprocessing(input_size=args.input_size)
-    identity = encoder_identity(args)
-    cache, fingerprint = None, None
-    if not args.no_cache:
-        transform = repr(training_augmentation(args.input_size))
-        copies = {"copies": args.augment_copies, "seed": args.seed, "transform": transform}
-        fingerprint = cache_fingerprint(
-            encoder=identity, preprocessing=preprocessing.to_dict(), train=splits.train, val=splits.val,
-            augmentation=copies if args.augment_copies else None,
-        )  # fmt: skip
-        cache = CacheDirectory(args.cache_dir, fingerprint)
-    # With the cache on, loaders must have no workers: Quaterion then caches labels too and
-    # never decodes an image again after the fill (its "full cache").
-    workers = 0 if cache else args.workers
-    augment = training_augmentation(args.input_size) if args.augment else None
-    train_set: Dataset = CarsDataset(splits.train, class_ids, augment)
-    labels = [class_ids[name] for name in splits.train.classes]
-    if args.augment_copies:
-        train_set = AugmentedCopies(train_set, args.augment_copies, training_augmentation(args.input_size), args.seed)
-        labels = train_set.labels
-    sampler, batch_size = None, args.batch_size
-    if args.sampler == "balanced":
-        sampler = ClassBalancedSampler(labels, args.batch_size, args.images_per_class, args.seed)
-        batch_size = sampler.batch_size
-    train_loader = make_loader(train_set, batch_size, True, workers, sampler)
-    model = CarsModel(
-        backbone=args.backbone,
-        weights=args.weights,
-        preprocessing=preprocessing,
-        lr=args.lr,
-        mining=args.mining,
-        margin=args.margin,
-        cache=cache_config(str(cache.save_dir), args.cache_batch_size) if cache else None,
-        trainable_blocks=args.trainable_blocks,
-        backbone_lr=args.backbone_lr,
-        loss=args.loss,
-        num_classes=len(class_ids),
-        xbm=XbmConfig(buffer_size=args.xbm_size, start_iteration=len(train_loader)) if args.xbm_size else None,
-    )
-    val_loader = (
-        make_loader(CarsDataset(splits.val, class_ids), args.batch_size, False, workers) if splits.val else None
-    )
+    config = TrainConfig.from_argv(argv)
+    return train(config)
 
-    best = KeepBestHead(args.select_by)
-    callbacks: list[pl.Callback] = [best, SeedAtFitStart(args.seed)]
-    if val_loader is not None:
-        monitor, higher_is_better = SELECT_BY[args.select_by]
-        callbacks.append(EarlyStopping(monitor, patience=args.patience, mode="max" if higher_is_better else "min"))
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Trains as `config` says and writes the run; returns its run.json."""
+    checkpoints = RunCheckpoints(config)
+    resume_from = checkpoints.resume_from()
+    quiet_quaterion_debug_log()
+    splits = prepare_splits(config)
+    class_ids = {name: i for i, name in enumerate(splits.classes.train)}
+    pl.seed_everything(config.seed, workers=True)
+    preprocessing = Preprocessing(input_size=config.input_size)
+    cache = encoder_cache(config, splits, preprocessing)
+    loaders = make_loaders(config, splits, class_ids, cached=cache is not None)
+    model = make_model(config, preprocessing, cache, len(class_ids), len(loaders.train))
+
+    best = KeepBestHead(config.select_by)
+    callbacks: list[pl.Callback] = [best, SeedAtFitStart(config.seed), checkpoints.callback()]
+    if loaders.val is not None:
+        monitor, higher_is_better = SELECT_BY_METRIC[config.select_by]
+        callbacks.append(EarlyStopping(monitor, patience=config.patience, mode="max" if higher_is_better else "min"))
     if cache:
         callbacks.append(PublishCache(cache))
-    trainer = make_trainer(args, callbacks)
+    trainer = make_trainer(config, callbacks)
     started = time.perf_counter()
     try:
-        Quaterion.fit(model, trainer, train_loader, val_loader)
+        Quaterion.fit(model, trainer, loaders.train, loaders.val, ckpt_path=resume_from)
     finally:
         if cache and not cache.ready:  # a failed fill leaves nothing half-written behind
             shutil.rmtree(cache.save_dir, ignore_errors=True)
     train_seconds = time.perf_counter() - started
-    if best.diverged or (val_loader is not None and best.best_epoch is None):
+    if best.diverged or (loaders.val is not None and best.best_epoch is None):
         raise UsageError("training diverged (non-finite loss); try a lower --lr, other --weights or another --backbone")
 
-    servable = Path(args.out) / "servable"
-    write_dir_atomic(servable, model.save_servable)
-    run = {
-        "model_version": directory_sha256(servable),
+    info = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "args": vars(args),
-        "data": {"root": str(Path(args.data).resolve()), "dataset": args.dataset, "images": len(splits.images)},
+        "args": config.to_json(),
+        "data": {"root": str(Path(config.data).resolve()), "dataset": config.dataset, "images": len(splits.images)},
         "classes": {"train": list(splits.classes.train), "holdout": list(splits.classes.holdout)},
-        "images": {"train": len(splits.train), "val": len(splits.val), "train_items": len(train_set)},
-        "encoder": {**identity, "embedding_size": model.encoder.embedding_size},
+        "images": {"train": len(splits.train), "val": len(splits.val), "train_items": loaders.train_items},
+        "encoder": {**encoder_identity(config), "embedding_size": model.encoder.embedding_size},
         "embedding_size": model.model.head.output_size,
         "preprocessing": preprocessing.to_dict(),
-        "cache": {"fingerprint": fingerprint, "dir": str(cache.final) if cache else None},
+        "cache": {"fingerprint": cache.fingerprint if cache else None, "dir": str(cache.final) if cache else None},
         "metrics": {
             "last": plain_metric_names(trainer.callback_metrics),
             "best_epoch": best.best_epoch,
             "best_validation_loss": None if best.best_epoch is None else round(best.best_loss, 6),
-            "selected_by": args.select_by,
+            "selected_by": config.select_by,
             "best_validation_score": None if best.best_epoch is None else round(best.best_score, 6),
             "epochs_run": trainer.current_epoch,
             "train_seconds": round(train_seconds, 1),
+            "resumed": resume_from is not None,
         },
         "versions": versions(),
         "device": str(next(model.model.parameters()).device),
     }
+    extra = {}
     if model.base_top_state is not None:  # evaluation's baseline: the pretrained top stages
-        write_file_atomic(Path(args.out) / BASE_TOP_FILE, lambda f: torch.save(model.base_top_state, f))
-    write_json_atomic(Path(args.out) / "run.json", run)
+        extra[BASE_TOP_FILE] = lambda f: torch.save(model.base_top_state, f)
+    run = Run.write(config.out, model.save_servable, info, extra)
+    checkpoints.remove()
     print(
-        f"Saved {servable} (model version {run['model_version'][:12]}); trained on "
+        f"Saved {run.servable_dir} (model version {run.model_version[:12]}); trained on "
         f"{len(splits.classes.train)} classes / {len(splits.train)} images"
-        f"{f' (+ {args.augment_copies} augmented views each)' if args.augment_copies else ''}, held out "
-        f"{len(splits.classes.holdout)} classes; best validation {args.select_by} "
-        f"{run['metrics']['best_validation_score']} at epoch {best.best_epoch} of {trainer.current_epoch}"
+        f"{f' (+ {config.augment_copies} augmented views each)' if config.augment_copies else ''}, held out "
+        f"{len(splits.classes.holdout)} classes; best validation {config.select_by} "
+        f"{info['metrics']['best_validation_score']} at epoch {best.best_epoch} of {trainer.current_epoch}"
     )
-    return run
+    return run.info
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clients.gallery import Gallery
 from tests.conftest import ROOT
-from tests.torchserve import free_ports
+from serve.torchserve import free_ports
 from train.synthetic import generate
 
 CLIENT_PY = ROOT / ".venv-client" / "bin" / "python"

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from clients.api import ClientError
-from clients.gallery import Gallery, open_store
+from clients.gallery import Gallery
+from clients.store import open_store
 
 
 def random_gallery(n=50, dim=8, seed=0, version="v1"):

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.reliability.hostile import hostile_requests
-from tests.reliability.workers import PeakRss, rss_mib, the_worker
+from serve.worker_processes import PeakRss, rss_mib, the_worker
 from tests.serve.images import valid_images
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from clients.api import RETRYABLE_STATUS, EmbeddingClient
-from tests.reliability.workers import rss_mib, the_worker
+from serve.worker_processes import rss_mib, the_worker
 from tests.serve.images import photo, valid_images, encode
-from tests.torchserve import running_torchserve
+from serve.torchserve import running_torchserve
 
 pytestmark = pytest.mark.slow
 

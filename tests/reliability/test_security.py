@@ -19,7 +19,7 @@ from serve.server import addresses, read_properties
 from tests.clients.test_end_to_end import CLIENT_PY
 from tests.conftest import ROOT
 from tests.serve.images import valid_images
-from tests.torchserve import running_torchserve
+from serve.torchserve import running_torchserve
 from train.synthetic import generate
 
 SHIPPED = read_properties(ROOT / "serve" / "config.properties")

@@ -4,7 +4,7 @@ import socket
 
 from serve import archive, server
 from tests.conftest import ROOT, run_module
-from train.errors import run_cli
+from core.errors import run_cli
 
 
 def one_line_error(capsys, main, argv, message):

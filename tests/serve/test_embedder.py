@@ -7,7 +7,7 @@ from PIL import Image
 
 from serve.embedder import Embedder, ImageLimits, InvalidImage, decode_image
 from tests.serve.images import bad_images, encode, photo, valid_images
-from train.preprocessing import load_image
+from core.preprocessing import load_image
 
 
 @pytest.mark.parametrize("name", sorted(valid_images()))

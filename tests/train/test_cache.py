@@ -71,7 +71,7 @@ def test_held_out_images_do_not_touch_the_training_cache(small_data):
 
 
 def test_an_interrupted_directory_swap_is_recovered(tmp_path):
-    from train.artifacts import write_dir_atomic
+    from core.files import write_dir_atomic
 
     def writer(content):
         def fill(tmp):

@@ -6,7 +6,7 @@ import torchvision
 
 from tests.conftest import run_module
 from train import evaluate, train
-from train.errors import run_cli
+from core.errors import run_cli
 
 FAST = ["--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "1"]
 

@@ -6,7 +6,7 @@ import scipy.io
 from PIL import Image
 
 from train.data import CarsDataset, check_trainable, load_image_list, split_classes, split_validation
-from train.errors import UsageError
+from core.errors import UsageError
 
 
 def test_split_is_disjoint_deterministic_and_seeded():

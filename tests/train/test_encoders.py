@@ -4,13 +4,12 @@ import torchvision
 from PIL import Image
 
 from tests.conftest import MOBILENET_WEIGHTS, needs_shared
-from train import compat  # noqa: F401
 from quaterion_models import SimilarityModel
 from quaterion_models.heads import SkipConnectionHead
 
-from train.encoders import CarsEncoder, build_backbone
-from train.errors import UsageError
-from train.preprocessing import Preprocessing
+from core.encoders import CarsEncoder, build_backbone
+from core.errors import UsageError
+from core.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=64)
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_module
-from train import compat  # noqa: F401
 from quaterion_models import SimilarityModel
 
-from train.artifacts import directory_sha256
+from core.files import directory_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +95,7 @@ def test_saved_head_is_the_one_with_the_best_validation_loss(trained, synthetic_
     from train.model import make_loss
 
     from train.data import load_image_list, split_classes, split_validation
-    from train.preprocessing import load_image
+    from core.preprocessing import load_image
 
     _, run_dir, run = trained
     args = run["args"]

@@ -3,7 +3,6 @@ import random
 import pytest
 import torch
 
-from train import compat  # noqa: F401
 from quaterion.eval.group import RetrievalRPrecision
 from quaterion.eval.samplers.group_sampler import GroupSampler
 

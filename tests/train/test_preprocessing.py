@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.preprocessing import Preprocessing, load_image
+from core.preprocessing import Preprocessing, load_image
 
 
 def test_round_trip_through_dict_gives_the_same_transform():

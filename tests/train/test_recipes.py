@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from tests.conftest import run_module
-from train import compat  # noqa: F401
 from quaterion_models import SimilarityModel
 
 from serve.embedder import Embedder
 from train.data import AugmentedCopies, CarsDataset, ClassBalancedSampler, load_image_list, split_classes
-from train.encoders import build_backbone, split_backbone
-from train.errors import UsageError
-from train.heads import TopStagesHead
-from train.preprocessing import load_image, training_augmentation
+from core.encoders import build_backbone, split_backbone
+from core.errors import UsageError
+from core.heads import TopStagesHead
+from core.preprocessing import load_image, training_augmentation
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])

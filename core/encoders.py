@@ -1,7 +1,7 @@
 """`CarsEncoder`: a frozen torchvision backbone, its classifier removed, plus its preprocessing.
 
 With `trainable_blocks=N` the encoder is only the frozen *trunk* (everything but the last N
-stages); the last N stages become part of the trainable head (`train/heads.py`). Quaterion's
+stages); the last N stages become part of the trainable head (`core/heads.py`). Quaterion's
 cache then stores the trunk's feature maps, so fine-tuning the top of the network costs little
 more than training a head.
 
@@ -13,7 +13,6 @@ evaluation and serving alike.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,8 +22,9 @@ import torchvision
 from quaterion_models.encoders import Encoder
 from torch import nn
 
-from train.errors import UsageError
-from train.preprocessing import Preprocessing
+from core.errors import UsageError
+from core.files import file_sha256
+from core.preprocessing import Preprocessing
 
 CONFIG_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.pt"
@@ -60,14 +60,6 @@ def _strip_classifier(model: nn.Module) -> tuple[str, int]:
             setattr(parent, name.rpartition(".")[2], nn.Identity())
             return attribute, last.in_features
     raise UsageError(f"cannot find the classifier of {type(model).__name__} to remove it")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None:

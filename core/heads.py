@@ -13,7 +13,7 @@ import torch
 from quaterion_models.heads import EncoderHead, SkipConnectionHead
 from torch import nn
 
-from train.encoders import untrained_split
+from core.encoders import untrained_split
 
 
 class TopStagesHead(EncoderHead):

@@ -1,21 +1,25 @@
 """The one definition of image preprocessing.
 
 Training, evaluation and serving all turn images into tensors through `Preprocessing`. Its
-parameters are saved inside the servable (see `encoders.CarsEncoder`), so the server applies
-exactly the transform the model was trained with. Training-only augmentation lives here too and
-works on PIL images *before* the shared transform, so it never changes what serving does.
+parameters are saved inside the servable (see `core.encoders.CarsEncoder`), so the server applies
+exactly the transform the model was trained with. It has two backends, as torchvision's presets
+do: PIL images one at a time (`__call__`, `batch`), and batches of decoded uint8 tensors on any
+device (`tensor_batch`, the GPU server's path). Both read the same fields, and a test holds them
+together. Training-only augmentation lives here too and works on PIL images *before* the shared
+transform, so it never changes what serving does.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
@@ -94,6 +98,30 @@ class Preprocessing:
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Stacks a list of PIL images into [N, 3, S, S]; the encoder's collate function."""
         return torch.stack([self(image) for image in images])
+
+    def tensor_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Decoded uint8 RGB images [3, H, W] (any sizes, on any device) -> float32 [N, 3, S, S].
+
+        The same squash-resize, antialiased as PIL's and rounded back to 8 bits as PIL's resize
+        does, then ToTensor's /255 and the same Normalize; within ~1 grey level of `batch`
+        (tests/core/test_preprocessing.py states the tolerance).
+        """
+        if not images:
+            raise ValueError("tensor_batch needs at least one image")
+        resized = torch.stack([self._resize_tensor(image) for image in images])
+        mean = torch.tensor(self.mean, device=resized.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=resized.device).view(1, 3, 1, 1)
+        return (resized / 255.0 - mean) / std
+
+    def _resize_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3:
+            raise TypeError(f"expected a uint8 tensor [3, H, W], got {pixels.dtype} {tuple(pixels.shape)}")
+        size = self.input_size
+        image = pixels.unsqueeze(0).float()
+        if tuple(image.shape[-2:]) != (size, size):
+            image = F.interpolate(image, size=(size, size), mode=self.interpolation, antialias=True)
+            image = image.round_().clamp_(0, 255)
+        return image[0]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

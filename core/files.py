@@ -1,6 +1,8 @@
-"""Atomic writes and content hashes for what a run leaves on disk.
+"""Atomic writes and content hashes: the one place that writes anything persistent.
 
-A killed run must never leave a half-written `run.json` or servable where a finished one was.
+A killed run must never leave a half-written `run.json`, gallery or servable where a finished one
+was. Files appear with the permissions a plain `open()` would give them (the umask applies), not
+`mkstemp`'s private 0600.
 """
 
 from __future__ import annotations
@@ -10,9 +12,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
-from collections.abc import Callable
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -25,6 +33,7 @@ def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> N
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -32,7 +41,19 @@ def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> N
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    write_file_atomic(path, lambda f: f.write(json.dumps(data, indent=2).encode() + b"\n"))
+    """JSON as every tool can read it: NaN and infinities become null, never bare `NaN`."""
+    text = json.dumps(_finite(data), indent=2, allow_nan=False)
+    write_file_atomic(path, lambda f: f.write(text.encode() + b"\n"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def write_dir_atomic(path: str | Path, fill: Callable[[str], None]) -> None:
@@ -44,6 +65,7 @@ def write_dir_atomic(path: str | Path, fill: Callable[[str], None]) -> None:
         os.replace(old, path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         fill(str(tmp))
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
@@ -53,6 +75,14 @@ def write_dir_atomic(path: str | Path, fill: Callable[[str], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def directory_sha256(path: str | Path) -> str:
