@@ -13,20 +13,29 @@ REQS       := requirements/train.in requirements/serve.in requirements/quaterion
 # The project itself, editable: its packages import from anywhere, without path hacks.
 SELF_INSTALL = -m pip install -q --disable-pip-version-check --no-deps -e .
 
-# Training defaults: the offline synthetic demo. For real cars, e.g.
+# Training settings. Left empty, a setting is train.train's own default (train/config.py, the one
+# place for defaults); only what is set here or on the command line is passed. The offline
+# synthetic demo sets its own. For real cars, e.g.
 #   make train DATA=../shared/data/cars196-dev BACKBONE=mobilenet_v2 \
 #        WEIGHTS=../shared/weights/mobilenet_v2_imagenet.pt INPUT_SIZE=224 RUN=runs/cars
 DATA       ?= data/synthetic
-DATASET    ?= imagefolder
+SYNTHETIC  := $(filter data/synthetic,$(DATA))
+DATASET    ?=
 RUN        ?= runs/latest
-BACKBONE   ?= $(if $(filter data/synthetic,$(DATA)),resnet18,resnet152)
-WEIGHTS    ?= $(if $(filter data/synthetic,$(DATA)),none,default)
-INPUT_SIZE ?= $(if $(filter data/synthetic,$(DATA)),64,224)
-EPOCHS     ?= $(if $(filter data/synthetic,$(DATA)),100,50)
-LR         ?= $(if $(filter data/synthetic,$(DATA)),0.03,0.003)
+BACKBONE   ?= $(if $(SYNTHETIC),resnet18)
+WEIGHTS    ?= $(if $(SYNTHETIC),none)
+INPUT_SIZE ?= $(if $(SYNTHETIC),64)
+EPOCHS     ?= $(if $(SYNTHETIC),100)
+LR         ?= $(if $(SYNTHETIC),0.03)
+OVERWRITE  ?=
+TRAIN_FLAGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(BACKBONE),--backbone $(BACKBONE)) \
+  $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) \
+  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LR),--lr $(LR)) $(if $(OVERWRITE),--overwrite)
+DATA_FLAGS = --data $(DATA) $(if $(DATASET),--dataset $(DATASET))
 TRAIN_ARGS ?=
 PYTEST_ARGS ?=
-URL        ?= http://127.0.0.1:8080/predictions/cars
+PORT       ?=
+URL        ?= http://127.0.0.1:$(or $(PORT),8080)/predictions/cars
 IMAGES     ?= $(DATA)
 GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
@@ -35,17 +44,17 @@ HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv
 .PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean bench
 
 help:
-	@echo "make demo       synthetic data -> train -> evaluate, offline (installs first)"
+	@echo "make demo       the whole job offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop"
 	@echo "make test       run the test suite (installs first)"
 	@echo "make install    create $(VENV) with the pinned environment (idempotent)"
 	@echo "make client-install  create $(CLIENT_VENV) for the thin clients (+ qdrant-client)"
 	@echo "make synthetic  generate data/synthetic (SYNTHETIC shapes, for the demo)"
 	@echo "make constraints  re-freeze requirements/constraints.txt from $(VENV)"
-	@echo "make train      DATA=DIR RUN=DIR [BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= TRAIN_ARGS=]"
+	@echo "make train      DATA=DIR RUN=DIR [BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= OVERWRITE=1 TRAIN_ARGS=]"
 	@echo "make evaluate   RUN=DIR DATA=DIR: base vs tuned on the held-out classes"
 	@echo "make archive    RUN=DIR: pack the run into model_store/cars.mar"
-	@echo "make serve      start TorchServe on 127.0.0.1:8080-8082 and wait until the model is ready"
-	@echo "make stop       stop TorchServe"
+	@echo "make serve      [PORT=8080] start TorchServe on 127.0.0.1:PORT..PORT+2, wait until the model is ready"
+	@echo "make stop       stop the TorchServe that make serve started (no other)"
 	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
 	@echo "make bench      CPU benchmarks (15 min on a busy 2-core machine): serving, cache, gallery search"
@@ -84,17 +93,16 @@ data/synthetic: | $(STAMP)
 synthetic: data/synthetic
 
 train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
-	$(PY) -m train.train --data $(DATA) --dataset $(DATASET) --backbone $(BACKBONE) --weights $(WEIGHTS) \
-	  --input-size $(INPUT_SIZE) --epochs $(EPOCHS) --lr $(LR) --out $(RUN) --overwrite $(TRAIN_ARGS)
+	$(PY) -m train.train --data $(DATA) --out $(RUN) $(TRAIN_FLAGS) $(TRAIN_ARGS)
 
 evaluate: $(STAMP)
-	$(PY) -m train.evaluate --run $(RUN) --data $(DATA) --dataset $(DATASET) --plot
+	$(PY) -m train.evaluate --run $(RUN) $(DATA_FLAGS) --plot
 
 archive: $(STAMP)
 	$(PY) -m serve.archive --run $(RUN) --model-store model_store
 
 serve: $(STAMP)
-	$(PY) -m serve.server start --config serve/config.properties --log-dir logs
+	$(PY) -m serve.server start --config serve/config.properties --log-dir logs $(if $(PORT),--port $(PORT))
 
 stop: $(STAMP)
 	$(PY) -m serve.server stop
@@ -107,10 +115,12 @@ query: $(CLIENT_STAMP)
 
 # The whole job, offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop
 # (TorchServe is stopped on failure too).
-demo: train $(CLIENT_STAMP)
+# The demo is meant to be run again: it replaces its own run (OVERWRITE=1); `make train` never does unasked.
+demo: $(CLIENT_STAMP)
+	$(MAKE) train OVERWRITE=1
 	$(MAKE) evaluate RUN=$(RUN) DATA=$(DATA) DATASET=$(DATASET)
 	$(MAKE) archive RUN=$(RUN)
-	$(PY) -m serve.server start --config serve/config.properties --log-dir logs
+	$(PY) -m serve.server start --config serve/config.properties --log-dir logs $(if $(PORT),--port $(PORT))
 	@trap '$(PY) -m serve.server stop >/dev/null' EXIT; \
 	  $(CLIENT_PY) clients/build_gallery.py $(DATA) --store $(GALLERY) --url $(URL) --rebuild && \
 	  $(CLIENT_PY) clients/query.py "$(HELD_OUT_IMAGE)" --gallery $(GALLERY) --url $(URL) --show $(RUN)/query.png

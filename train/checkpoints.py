@@ -9,11 +9,12 @@ cache is keyed by its own fingerprint, so a resumed run reuses it instead of fil
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.callbacks import ModelCheckpoint
+import pytorch_lightning as pl
 
 from core.errors import UsageError
 from core.files import write_json_atomic
@@ -64,11 +65,27 @@ class RunCheckpoints:
             )
         return str(self.last)
 
-    def callback(self) -> ModelCheckpoint:
+    def callback(self) -> pl.Callback:
         """Writes last.ckpt after every epoch (and settings.json once, before training)."""
         write_json_atomic(self.dir / SETTINGS, self._settings(self.config))
-        return ModelCheckpoint(dirpath=self.dir, filename="epoch", save_top_k=0, save_last=True, every_n_epochs=1)
+        return SaveLastEpoch(self.last)
 
     def remove(self) -> None:
         """A finished run needs no checkpoints: its servable is the result."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SaveLastEpoch(pl.Callback):
+    """Saves the whole training state after every epoch (validation and early stopping included)
+    to one file, atomically: Lightning 1.9 writes checkpoints in place, and a run killed mid-write
+    would leave a torn file that --resume cannot read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.should_stop:  # a stopped run is finished, not resumable
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)

@@ -149,8 +149,9 @@ class TrainConfig:
             raise UsageError(f"--input-size must be >= 16, got {self.input_size}")
         if self.augment_copies < 0:
             raise UsageError(f"--augment-copies must be >= 0, got {self.augment_copies}")
-        if not 0 <= self.holdout_fraction < 1 or not 0 <= self.val_fraction < 1:
-            raise UsageError("--holdout-fraction and --val-fraction must be in [0, 1)")
+        for name in ("holdout_fraction", "val_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.margin is not None and self.margin < 0:
             raise UsageError(f"--margin must be >= 0, got {self.margin}")
         if self.mining != "hard" and self.batch_size > MAX_CUBIC_MINING_BATCH:

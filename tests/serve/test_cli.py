@@ -86,3 +86,33 @@ def test_archive_with_a_corrupt_run_json(capsys, tiny_run, tmp_path):
     shutil.copytree(tiny_run, run)
     (run / "run.json").write_text("{truncated")
     one_line_error(capsys, archive.main, ["--run", str(run), "--model-store", str(tmp_path)], "is not valid JSON")
+
+
+def test_stop_stops_only_the_server_it_started(tmp_path):
+    """`make stop` reads its own state directory: another process's pid there is not killed, and
+    with no pid file it says so instead of stopping whichever TorchServe runs on the machine."""
+    import subprocess
+
+    from serve.torchserve import PID_FILE, stop_started_in
+
+    assert stop_started_in(tmp_path) is False
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (tmp_path / PID_FILE).write_text(f"{bystander.pid}\n")  # a stale pid file, the pid reused
+        assert stop_started_in(tmp_path) is False
+        assert bystander.poll() is None and not (tmp_path / PID_FILE).exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+    result = run_module("serve.server", "stop", "--state-dir", str(tmp_path))
+    assert result.returncode == 0 and "no TorchServe started from" in result.stdout
+
+
+def test_serve_with_a_bad_port(capsys, tmp_path):
+    (tmp_path / "cars.mar").write_bytes(b"placeholder")
+    config = tmp_path / "config.properties"
+    config.write_text(
+        (ROOT / "serve" / "config.properties").read_text().replace("model_store=model_store", f"model_store={tmp_path}")
+    )
+    argv = ["start", "--config", str(config), "--port", "70000", "--state-dir", str(tmp_path / "state")]
+    one_line_error(capsys, server.main, argv, "--port must be in 1..65533")

@@ -123,3 +123,54 @@ def test_corrupt_training_image_is_named(capsys, small_data, tmp_path):
     broken.write_bytes(b"\xff\xd8\xff not a jpeg")
     argv = ["--data", str(small_data), "--holdout-fraction", "0", "--out", str(tmp_path / "run"), *FAST]
     fails_with(capsys, train.main, argv, f"cannot read image {broken}")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--loss", "softmax", "--margin", "0.3"], "--margin would do nothing here: --loss softmax has no margin"),
+        (["--loss", "fast_ap", "--margin", "0.3"], "--margin would do nothing here"),
+        (["--loss", "arcface", "--mining", "all"], "--mining would do nothing here: --loss arcface does not mine"),
+        (["--loss", "circle", "--mining", "hard"], "--mining would do nothing here"),
+        (["--images-per-class", "8"], "--images-per-class would do nothing here: it is the K of --sampler balanced"),
+        (["--backbone-lr", "1e-3"], "--backbone-lr would do nothing here: only --trainable-blocks N > 0"),
+        (["--workers", "4"], "--workers would do nothing here"),
+        (["--no-cache", "--cache-batch-size", "8"], "--cache-batch-size would do nothing here"),
+        (["--overwrite", "--resume"], "pass one of them"),
+    ],
+)
+def test_flags_that_would_do_nothing_are_refused_by_name(capsys, small_data, tmp_path, extra, message):
+    fails_with(capsys, train.main, ["--data", str(small_data), "--out", str(tmp_path / "run"), *FAST, *extra], message)
+
+
+def test_the_same_flags_are_accepted_where_they_act(small_data, tmp_path):
+    from train.config import TrainConfig
+
+    base = ["--data", str(small_data), "--out", str(tmp_path / "run"), *FAST]
+    for extra in (
+        ["--loss", "triplet", "--margin", "0.3", "--mining", "all", "--batch-size", "64"],
+        ["--sampler", "balanced", "--images-per-class", "8"],
+        ["--trainable-blocks", "1", "--backbone-lr", "1e-3"],
+        ["--no-cache", "--workers", "0"],
+    ):
+        config = TrainConfig.from_argv(base + extra)
+        assert {"data", "out", "backbone"} <= config.user_set and "lr" not in config.user_set
+        assert config.to_json()["set_by_user"] == sorted(config.user_set)
+
+
+def test_out_that_is_a_file_is_one_line(capsys, small_data, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    fails_with(capsys, train.main, ["--data", str(small_data), "--out", str(tmp_path / "file"), *FAST], "is a file")
+
+
+def test_resume_without_checkpoints_is_one_line(capsys, small_data, tmp_path):
+    argv = ["--data", str(small_data), "--out", str(tmp_path / "run"), *FAST, "--resume"]
+    fails_with(capsys, train.main, argv, "nothing to resume in")
+
+
+def test_evaluate_refuses_a_benchmark_servable_in_one_line(capsys, small_data, tmp_path):
+    from bench.random_servable import make_servable
+
+    make_servable("resnet18", tmp_path / "bench-run", input_size=32)
+    argv = ["--run", str(tmp_path / "bench-run"), "--data", str(small_data)]
+    fails_with(capsys, evaluate.main, argv, "not a trained run")
