@@ -9,6 +9,8 @@ STAMP      := $(VENV)/.installed
 CLIENT_VENV := .venv-client
 CLIENT_PY   := $(CLIENT_VENV)/bin/python
 CLIENT_STAMP := $(CLIENT_VENV)/.installed
+TORCH      ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 REQS       := requirements/train.in requirements/serve.in requirements/quaterion.txt requirements/constraints.txt pyproject.toml
 # The project itself, editable: its packages import from anywhere, without path hacks.
 SELF_INSTALL = -m pip install -q --disable-pip-version-check --no-deps -e .
@@ -41,12 +43,12 @@ GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
 HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(p for p in pathlib.Path(sys.argv[2],c).iterdir() if p.suffix.lower() in {".jpg",".jpeg",".png",".webp",".bmp",".gif",".tif",".tiff"})[0])' $(RUN)/run.json $(DATA))
 
-.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean bench
+.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean clean-runs bench
 
 help:
 	@echo "make demo       the whole job offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop"
 	@echo "make test       run the test suite (installs first)"
-	@echo "make install    create $(VENV) with the pinned environment (idempotent)"
+	@echo "make install    create $(VENV) with the pinned environment (idempotent); TORCH=cpu: CPU-only torch"
 	@echo "make client-install  create $(CLIENT_VENV) for the thin clients (+ qdrant-client)"
 	@echo "make synthetic  generate data/synthetic (SYNTHETIC shapes, for the demo)"
 	@echo "make constraints  re-freeze requirements/constraints.txt from $(VENV)"
@@ -59,13 +61,17 @@ help:
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
 	@echo "make bench      CPU benchmarks (15 min on a busy 2-core machine): serving, cache, gallery search"
 	@echo "make lint       ruff"
-	@echo "make clean      remove runs, generated data, caches, logs and archives"
+	@echo "make clean      remove generated data, caches, logs and archives (not runs, not galleries)"
+	@echo "make clean-runs remove every trained run under runs/"
 
 install: $(STAMP)
 
 $(STAMP): $(REQS)
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	@# TORCH=cpu: the same torch release, CPU-only build (~1 GB instead of ~5.5 GB), from PyTorch's own index.
+	$(if $(filter cpu,$(TORCH)),$(PY) -m pip install -q --disable-pip-version-check --index-url $(TORCH_CPU_INDEX) \
+	  $$(grep -E '^(torch|torchvision)==' requirements/train.in))
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/train.in -r requirements/serve.in
 	@# Quaterion declares Python < 3.11; its dependencies are in train.in, so only it skips the check.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python -r requirements/quaterion.txt
@@ -93,7 +99,7 @@ data/synthetic: | $(STAMP)
 synthetic: data/synthetic
 
 train: $(STAMP) $(if $(filter data/synthetic,$(DATA)),data/synthetic)
-	$(PY) -m train.train --data $(DATA) --out $(RUN) $(TRAIN_FLAGS) $(TRAIN_ARGS)
+	$(PY) -m train.train --data $(DATA) --run $(RUN) $(TRAIN_FLAGS) $(TRAIN_ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m train.evaluate --run $(RUN) $(DATA_FLAGS) --plot
@@ -108,7 +114,7 @@ stop: $(STAMP)
 	$(PY) -m serve.server stop
 
 gallery: $(CLIENT_STAMP)
-	$(CLIENT_PY) clients/build_gallery.py $(IMAGES) --store $(GALLERY) --url $(URL)
+	$(CLIENT_PY) clients/build_gallery.py $(IMAGES) --gallery $(GALLERY) --url $(URL)
 
 query: $(CLIENT_STAMP)
 	$(CLIENT_PY) clients/query.py $(IMAGE) --gallery $(GALLERY) --url $(URL)
@@ -122,7 +128,7 @@ demo: $(CLIENT_STAMP)
 	$(MAKE) archive RUN=$(RUN)
 	$(PY) -m serve.server start --config serve/config.properties --log-dir logs $(if $(PORT),--port $(PORT))
 	@trap '$(PY) -m serve.server stop >/dev/null' EXIT; \
-	  $(CLIENT_PY) clients/build_gallery.py $(DATA) --store $(GALLERY) --url $(URL) --rebuild && \
+	  $(CLIENT_PY) clients/build_gallery.py $(DATA) --gallery $(GALLERY) --url $(URL) --rebuild && \
 	  $(CLIENT_PY) clients/query.py "$(HELD_OUT_IMAGE)" --gallery $(GALLERY) --url $(URL) --show $(RUN)/query.png
 
 test: $(STAMP) $(CLIENT_STAMP)
@@ -133,16 +139,20 @@ test: $(STAMP) $(CLIENT_STAMP)
 BENCH_RUN ?= $(if $(wildcard runs/cars-mnv2/run.json),runs/cars-mnv2,runs/bench-mnv2)
 BENCH_OUT ?= runs/bench
 bench: $(STAMP) $(CLIENT_STAMP)
-	$(PY) -m bench.serving --run $(BENCH_RUN) --batch-size 8,16 --max-batch-delay 10 --workers 1,2 \
-	  --concurrency 16 --images 64 --json $(BENCH_OUT)/serving.json
-	$(PY) -m bench.training_cache --json $(BENCH_OUT)/training_cache.json
-	$(PY) -m bench.response_encoding --seconds 0.5 --json $(BENCH_OUT)/response_encoding.json
+	$(PY) -m bench.serving --run $(BENCH_RUN) --batch-sizes 8,16 --max-batch-delay 10 --workers 1,2 \
+	  --concurrency 16 --images 64 --results $(BENCH_OUT)/serving.json
+	$(PY) -m bench.training_cache --results $(BENCH_OUT)/training_cache.json
+	$(PY) -m bench.response_encoding --seconds 0.5 --results $(BENCH_OUT)/response_encoding.json
 	$(CLIENT_PY) bench/gallery_search.py --dtypes float32 \
-	  --pairs 10000x1280,100000x512,100000x1280,100000x2048,1000000x1280 --json $(BENCH_OUT)/gallery_float32.json
-	$(CLIENT_PY) bench/gallery_search.py --dtypes float16 --pairs 100000x1280 --json $(BENCH_OUT)/gallery_float16.json
+	  --pairs 10000x1280,100000x512,100000x1280,100000x2048,1000000x1280 --results $(BENCH_OUT)/gallery_float32.json
+	$(CLIENT_PY) bench/gallery_search.py --dtypes float16 --pairs 100000x1280 --results $(BENCH_OUT)/gallery_float16.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Caches and build outputs only: trained runs (hours of CPU) and galleries stay; `make clean-runs` removes runs.
 clean:
-	rm -rf runs data/synthetic .cache .pytest_cache logs model_store/*.mar
+	rm -rf data/synthetic .cache .pytest_cache .ruff_cache logs model_store/*.mar .torchserve
+
+clean-runs:
+	rm -rf runs

@@ -64,7 +64,7 @@ def ensure_run(run: str | Path, backbone: str = "mobilenet_v2", input_size: int 
     weights = str(MOBILENET_WEIGHTS) if backbone == "mobilenet_v2" and MOBILENET_WEIGHTS.is_file() else "none"
     print(f"Training a 1-epoch {backbone} run into {run} (weights: {weights}) ...", flush=True)
     command = [
-        sys.executable, "-m", "train.train", "--data", str(data), "--out", str(run), "--overwrite",
+        sys.executable, "-m", "train.train", "--data", str(data), "--run", str(run), "--overwrite",
         "--backbone", backbone, "--weights", weights, "--input-size", str(input_size), "--epochs", "1",
     ]  # fmt: skip
     subprocess.run(command, cwd=ROOT, check=True)

@@ -127,7 +127,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=64, help="queries per batch (default: %(default)s)")
     parser.add_argument("--batches", type=int, default=3, help="batches timed (default: %(default)s)")
     parser.add_argument("--max-gb", type=float, default=6.0, help="skip combinations needing more (default: 6)")
-    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--results", "--json", dest="json", help="write the results to this JSON file")
     return parser
 
 

@@ -229,7 +229,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-handler", action="store_true", help="skip the handler figure (no `ts` package)")
     parser.add_argument("--processes", type=int, default=1, help="concurrent embedding processes (default: 1)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: torch's own)")
-    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--results", "--json", dest="json", help="write the results to this JSON file")
     return parser
 
 

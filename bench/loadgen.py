@@ -8,7 +8,9 @@ Plain `http.client`, one connection per thread: the generator itself must cost l
 
 from __future__ import annotations
 
+import argparse
 import http.client
+import json
 import queue
 import threading
 import time
@@ -131,3 +133,45 @@ def windows(samples: list[Sample], start: float, end: float, count: int) -> list
     """Splits [start, end) (a run minus its warm-up) into `count` equal windows: the repeats of one point."""
     edges = np.linspace(start, end, count + 1)
     return [summarise(samples, a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loadgen",
+        description="Load a running embedding server with JPEGs, closed loop (a rate: open loop), and print "
+        "images/s, errors and latency percentiles. Only for servers you run on this machine.",
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8080/predictions/cars", help="(default: %(default)s)")
+    parser.add_argument("--data", help="JPEG folder (default: ../shared/data/cars196-dev, else generated photos)")
+    parser.add_argument("--images", type=int, default=64, help="distinct images sent in turn (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default: %(default)s)")
+    parser.add_argument("--rate", type=float, help="open loop at this many requests/s instead of closed loop")
+    parser.add_argument("--seconds", type=float, default=10, help="how long to send, at most 300 (default: 10)")
+    parser.add_argument("--answer", choices=tuple(ACCEPT), default="binary", help="(default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from bench.common import load_photos
+
+    args = get_args_parser().parse_args(argv)
+    if not 0 < args.seconds <= 300 or args.concurrency < 1 or args.images < 1 or (args.rate or 1) <= 0:
+        raise SystemExit("error: --seconds must be in (0, 300]; --concurrency, --images and --rate above 0")
+    bodies, source = load_photos(args.images, args.data)
+    start = time.perf_counter()
+    if args.rate:
+        samples = open_loop(args.url, bodies, args.rate, args.seconds, answer=args.answer)
+    else:
+        samples = closed_loop(args.url, bodies, args.concurrency, args.seconds, answer=args.answer)
+    summary = summarise(samples, start, max(time.perf_counter(), start + 1e-9))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{source}; {len(samples)} requests to {args.url}")
+        print(", ".join(f"{key} {value}" for key, value in summary.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """A servable with random weights, for speed measurements where training is impossible or pointless.
 
-    python -m bench.random_servable --backbone resnet152 --out runs/bench-resnet152 [--input-size 224]
+    python -m bench.random_servable --backbone resnet152 --run runs/bench-resnet152 [--input-size 224]
 
 Writes OUT/servable (frozen torchvision backbone + SkipConnectionHead, saved exactly as training
 saves them) and OUT/run.json with its model_version. Needs torch, torchvision and quaterion-models
@@ -37,7 +37,7 @@ def make_servable(backbone: str, out: Path, input_size: int = 224) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet152", help="torchvision model name (default: %(default)s)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory to write")
+    parser.add_argument("--run", "--out", dest="out", type=Path, required=True, help="run directory to write")
     parser.add_argument("--input-size", type=int, default=224, help="(default: %(default)s)")
     args = parser.parse_args(argv)
     make_servable(args.backbone, args.out, args.input_size)

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--requests", type=int, default=5000, help="soak requests (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
     parser.add_argument("--kill-requests", type=int, default=1000, help="requests of the fault phase (0: skip)")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--results", "--out", dest="out", help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
     settings, threads = shipped_model_settings()

@@ -85,7 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs, median reported (default: %(default)s)")
-    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--results", "--json", dest="json", help="write the results to this JSON file")
     return parser
 
 

@@ -148,7 +148,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_and_photo_arguments(parser, images=256, devices="cpu or cuda")
     sweep = parser.add_argument_group("sweep (comma lists; every combination)")
-    sweep.add_argument("--batch-size", type=parse_list, default=[4, 8, 16], help="batchSize (default: 4,8,16)")
+    sweep.add_argument(
+        "--batch-sizes", "--batch-size", dest="batch_size", type=parse_list, default=[4, 8, 16],
+        help="TorchServe batchSize values (default: 4,8,16)",
+    )
     sweep.add_argument("--max-batch-delay", type=parse_list, default=[10], help="maxBatchDelay ms (default: 10)")
     sweep.add_argument("--workers", type=parse_list, default=[1, 2], help="workers (default: 1,2)")
     sweep.add_argument("--concurrency", type=parse_list, default=[8, 32], help="concurrent clients (default: 8,32)")
@@ -165,7 +168,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="the answer the clients ask for: float32 bytes (what clients/ asks for) or JSON (default: binary)",
     )
     parser.add_argument("--no-torchserve", action="store_true", help="in-process and handler figures only (no Java)")
-    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--results", "--json", dest="json", help="write the results to this JSON file")
     return parser
 
 

@@ -82,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="state dict, default or none (default: ../shared MobileNetV2, else none)")
     parser.add_argument("--input-size", type=int, default=224, help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run, the first is warm-up (default: 3)")
-    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--results", "--json", dest="json", help="write the results to this JSON file")
     return parser
 
 

@@ -1,8 +1,9 @@
 """Embed every image under DIR through the server into a gallery file.
 
-    python clients/build_gallery.py DIR [--out galleries/gallery.npz] [--url URL] [--concurrency 8]
+    python clients/build_gallery.py DIR [--gallery galleries/gallery.npz] [--url URL] [--concurrency 8]
 
-Labels come from the ImageFolder layout (DIR/<label>/<image>). Concurrent requests let the server
+Labels come from the ImageFolder layout (DIR/<label>/<image>); images directly in DIR have no
+label and are refused unless --unlabelled says that is meant. Concurrent requests let the server
 batch. Resumable: images already in the gallery are skipped, progress is saved atomically every
 --checkpoint-every images, so a killed build loses at most that much and never the old gallery.
 Images the server rejects are reported and skipped.
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.cli import add_common_flags, parse_args, show_progress
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
 from clients.store import DEFAULT_GALLERY, is_qdrant, open_store
@@ -27,8 +29,9 @@ from clients.store import DEFAULT_GALLERY, is_qdrant, open_store
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
-def list_images(root: Path) -> list[tuple[str, str]]:
-    """(absolute path, label) of every image file; label = first folder under root, or ""."""
+def list_images(root: Path, unlabelled: bool = False) -> list[tuple[str, str]]:
+    """(absolute path, label) of every image file; label = first folder under root ("" for
+    images directly in root, refused unless `unlabelled`)."""
     if not root.is_dir():
         raise ClientError(f"image directory not found: {root}")
     found = []
@@ -37,7 +40,24 @@ def list_images(root: Path) -> list[tuple[str, str]]:
         found.append((str(path.resolve()), relative.parts[0] if len(relative.parts) > 1 else ""))
     if not found:
         raise ClientError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    loose = [path for path, label in found if not label]
+    if loose and not unlabelled:
+        raise ClientError(
+            f"{len(loose)} images lie directly in {root} (e.g. {Path(loose[0]).name}) with no class folder: put "
+            f"them in {root}/<label>/, or pass --unlabelled to add them without a label"
+        )
     return found
+
+
+def check_gallery_location(gallery: str) -> None:
+    """Refuses a gallery location that cannot work before any image is embedded."""
+    if is_qdrant(gallery):
+        return  # the Qdrant store checks its own location when it opens
+    path = Path(gallery)
+    if path.is_dir():
+        raise ClientError(f"--gallery {gallery} is a directory: give a file such as {path / 'gallery.npz'}")
+    if path.suffix != ".npz":
+        raise ClientError(f"--gallery {gallery}: a gallery file ends in .npz (or use qdrant://DIR)")
 
 
 def existing_store(store: str):
@@ -67,8 +87,9 @@ def embed_file(client: EmbeddingClient, path: str):
 
 
 def build(args: argparse.Namespace) -> dict:
-    images = list_images(Path(args.images))
-    out = args.out
+    check_gallery_location(args.gallery)
+    images = list_images(Path(args.images), args.unlabelled)
+    out = args.gallery
     client = EmbeddingClient(args.url, api_key=args.api_key)
     gallery = None if args.rebuild else existing_store(out)
     if gallery is not None:  # refuse another model before adding anything, even with nothing to add
@@ -86,8 +107,9 @@ def build(args: argparse.Namespace) -> dict:
         futures = {pool.submit(embed_file, client, path): (path, label) for path, label in pending}
         try:
             for future in tqdm(
-                as_completed(futures), total=len(futures), desc="embedding", unit="img", disable=args.json
-            ):
+                as_completed(futures), total=len(futures), desc="embedding", unit="img",
+                disable=args.json or not show_progress(not args.quiet),
+            ):  # fmt: skip
                 path, label = futures[future]
                 try:
                     result = future.result()
@@ -116,9 +138,11 @@ def build(args: argparse.Namespace) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", help="directory of images (DIR/<label>/<image> gives labels)")
+    parser.add_argument("images", nargs="?", help="directory of images (DIR/<label>/<image> gives labels)")
+    parser.add_argument("--data", help="the same directory, as the other commands name it")
+    parser.add_argument("--unlabelled", action="store_true", help="accept images directly in DIR (no label)")
     parser.add_argument(
-        "--out", "--store", dest="out", default=DEFAULT_GALLERY,
+        "--gallery", "--out", "--store", dest="gallery", default=DEFAULT_GALLERY,
         help="gallery: a .npz file, or qdrant://DIR?collection=NAME (embedded) / qdrant+http://HOST:PORT/NAME "
         "(default: %(default)s)",
     )  # fmt: skip
@@ -128,15 +152,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint-every", type=int, default=200, help="save every N new images (default: %(default)s)"
     )
-    parser.add_argument("--rebuild", action="store_true", help="start over instead of resuming --out")
+    parser.add_argument("--rebuild", action="store_true", help="start over instead of resuming --gallery")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    return parser
+    return add_common_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     if args.concurrency < 1 or args.checkpoint_every < 1:
         raise ClientError("--concurrency and --checkpoint-every must be >= 1")
+    if (args.images is None) == (args.data is None):
+        raise ClientError("give the image directory once: as DIR or as --data DIR")
+    args.images = args.images or args.data
     summary = build(args)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -150,5 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  skipped {item['path']}: {item['error']}")
 
 
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

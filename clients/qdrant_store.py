@@ -27,7 +27,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 def _parse(store: str) -> tuple[dict, str]:
     url = urlparse(store)
     if url.scheme == "qdrant":
-        path = (url.netloc + url.path) or "."
+        path = url.netloc + url.path
+        if not path:
+            raise ClientError(f"{store} names no directory: use qdrant://DIR (e.g. qdrant://galleries/cars)")
         collection = parse_qs(url.query).get("collection", ["cars"])[0]
         return {"path": path}, collection
     collection = url.path.strip("/") or "cars"

@@ -14,14 +14,21 @@ import sys
 from pathlib import Path
 
 
+from core.cli import add_common_flags, parse_args
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
 from clients.store import DEFAULT_GALLERY, open_store
 
 
-def query(image: Path, gallery, client: EmbeddingClient, top_k: int) -> dict:
+def check_image(image: Path) -> None:
+    if image.is_dir():
+        raise ClientError(f"{image} is a directory: give one image file (build_gallery.py embeds directories)")
     if not image.is_file():
         raise ClientError(f"image not found: {image}")
+
+
+def query(image: Path, gallery, client: EmbeddingClient, top_k: int) -> dict:
+    check_image(image)
     try:
         embedding = client.embed(image.read_bytes())
     except ImageRejected as error:
@@ -57,13 +64,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_api_key_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PNG", help="also draw the query and its results into this picture")
-    return parser
+    return add_common_flags(parser, quiet=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     if args.top_k < 1:
         raise ClientError(f"--top-k must be >= 1, got {args.top_k}")
+    check_image(Path(args.image))  # before the gallery is read: a typo costs nothing
     gallery = open_store(args.gallery)
     answer = query(Path(args.image), gallery, EmbeddingClient(args.url, api_key=args.api_key), args.top_k)
     if args.show:
@@ -76,5 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
     return answer
 
 
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -22,7 +22,7 @@ import torchvision
 from quaterion_models.encoders import Encoder
 from torch import nn
 
-from core.errors import UsageError
+from core.errors import UsageError, one_line
 from core.files import file_sha256
 from core.preprocessing import Preprocessing
 
@@ -69,7 +69,7 @@ def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None
     except Exception as error:  # UnpicklingError, truncated file, not a torch file...
         raise UsageError(
             f"cannot read weights file {path}: not a plain state dict "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+            f"({type(error).__name__}: {one_line(error)})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -110,7 +110,7 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
             model = torchvision.models.get_model(name, weights=enum)
         except OSError as error:  # URLError is an OSError: no internet
             raise UsageError(
-                f"cannot download {enum} for {name} ({error}); "
+                f"cannot download {enum} for {name} ({one_line(error)}); "
                 "on an air-gapped machine pass --weights PATH to a local state dict"
             ) from None
         classifier, size = _strip_classifier(model)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from core.errors import UsageError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -56,9 +58,31 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_dir_atomic(path: str | Path, fill: Callable[[str], None]) -> None:
-    """Calls `fill(tmp_dir)`, then swaps the finished directory into `path`."""
+def check_replaceable(path: str | Path, marker: str | None = None, overwrite: bool = False) -> None:
+    """Refuses, before any work, to replace what the caller did not write: a file, or a non-empty
+    directory without `marker` (the file a previous output of the same command holds)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file, not a directory: choose another output directory")
+    if overwrite or not path.is_dir() or not any(path.iterdir()):
+        return
+    if marker is None or not (path / marker).is_file():
+        raise UsageError(
+            f"{path} already exists and holds files this command did not write; choose another "
+            "directory, or pass --overwrite to replace it"
+        )
+
+
+def write_dir_atomic(
+    path: str | Path, fill: Callable[[str], None], *, marker: str | None = None, overwrite: bool = False
+) -> None:
+    """Calls `fill(tmp_dir)`, then swaps the finished directory into `path`.
+
+    An existing `path` is replaced only if `check_replaceable` allows it: with a `marker`, the
+    finished directory gets that file, so the next run of the same command may replace it.
+    """
+    path = Path(path)
+    check_replaceable(path, marker, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.with_name(f".{path.name}.old")
     if old.exists() and not path.exists():  # a swap was interrupted: put the previous one back
@@ -67,6 +91,8 @@ def write_dir_atomic(path: str | Path, fill: Callable[[str], None]) -> None:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         fill(str(tmp))
+        if marker is not None:
+            (tmp / marker).write_text("written by this project; a later run of the same command may replace it\n")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)

@@ -102,7 +102,7 @@ class Run:
         """Writes a run: `save_servable(dir)` fills the servable, `extra_files` are written by name
         next to it, then run.json = {run_format, model_version, **info}; each step atomic."""
         path = Path(path)
-        write_dir_atomic(path / SERVABLE_DIR, save_servable)
+        write_dir_atomic(path / SERVABLE_DIR, save_servable, overwrite=True)  # the caller decided on --overwrite
         for name, write in (extra_files or {}).items():
             write_file_atomic(path / name, write)
         full = {"run_format": RUN_FORMAT, "model_version": directory_sha256(path / SERVABLE_DIR), **info}

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from serve.torchserve import MODEL, find_tool
+from core.cli import add_common_flags, parse_args
 from core.errors import UsageError, run_cli
 from core.run import RUN_FILE, SERVABLE_DIR, Run
 
@@ -75,13 +76,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/latest", help="trained run directory (default: runs/latest)")
     parser.add_argument("--model-store", default="model_store", help="where to write the .mar (default: model_store)")
-    return parser
+    return add_common_flags(parser, quiet=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     build_archive(Path(args.run), Path(args.model_store))
 
 
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

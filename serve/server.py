@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.cli import add_common_flags, parse_args
 from core.errors import UsageError, run_cli
 from serve.torchserve import (  # noqa: F401  (read_properties, addresses: re-exported for callers)
     TorchServe,
@@ -28,6 +29,7 @@ from serve.torchserve import (  # noqa: F401  (read_properties, addresses: re-ex
 )
 
 DEFAULT_STATE_DIR = ".torchserve"
+SHIPPED_CONFIG = Path(__file__).with_name("config.properties")  # found from any working directory
 
 
 def start(config: Path, log_dir: Path, state_dir: Path, port: int | None = None) -> TorchServe:
@@ -60,7 +62,9 @@ def stop(state_dir: Path) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("start", "stop"), help="start (and wait until ready) or stop TorchServe")
-    parser.add_argument("--config", default="serve/config.properties", help="TorchServe config (default: %(default)s)")
+    parser.add_argument(
+        "--config", default=str(SHIPPED_CONFIG), help="TorchServe config (default: serve/config.properties)"
+    )
     parser.add_argument(
         "--port", type=int, help="inference port; management and metrics take the next two (default: the config's)"
     )
@@ -70,16 +74,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=DEFAULT_STATE_DIR,
         help="the server's own directory: generated config, pid, TMPDIR, key file (default: %(default)s)",
     )
-    return parser
+    return add_common_flags(parser, quiet=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     if args.action == "start":
         start(Path(args.config), Path(args.log_dir), Path(args.state_dir).resolve(), args.port)
     else:
         stop(Path(args.state_dir).resolve())
 
 
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

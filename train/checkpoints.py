@@ -24,13 +24,13 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 SETTINGS = "settings.json"
 # Settings a resumed run may change: where and how it runs, and how long it goes on.
-MAY_CHANGE = {"out", "overwrite", "resume", "epochs", "patience", "workers", "cache_batch_size", "cache_dir"}
+MAY_CHANGE = {"run", "overwrite", "resume", "epochs", "patience", "loader_workers", "cache_batch_size", "cache_dir"}
 
 
 class RunCheckpoints:
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.dir = Path(config.out) / CHECKPOINT_DIR
+        self.dir = Path(config.run) / CHECKPOINT_DIR
         self.last = self.dir / LAST
 
     def _settings(self, config: TrainConfig) -> dict[str, Any]:
@@ -42,14 +42,14 @@ class RunCheckpoints:
         if not self.config.resume:
             if self.last.is_file() and not self.config.overwrite:
                 raise UsageError(
-                    f"{self.config.out} holds an interrupted training ({self.last}): pass --resume to continue "
+                    f"{self.config.run} holds an interrupted training ({self.last}): pass --resume to continue "
                     "it or --overwrite to start over"
                 )
             shutil.rmtree(self.dir, ignore_errors=True)
             return None
         if not self.last.is_file():
             raise UsageError(
-                f"nothing to resume in {self.config.out} (no {CHECKPOINT_DIR}/{LAST}); start without --resume"
+                f"nothing to resume in {self.config.run} (no {CHECKPOINT_DIR}/{LAST}); start without --resume"
             )
         try:
             saved = json.loads((self.dir / SETTINGS).read_text())

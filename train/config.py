@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.cli import add_common_flags, parse_args
 from core.encoders import check_backbone_and_weights
 from core.errors import UsageError
 from core.run import Run
@@ -92,14 +93,18 @@ class TrainConfig:
         0,
     )
     # runtime
-    out: str = option("runtime", "run directory to write servable/ and run.json into", required=True)
+    run: str = option(
+        "runtime", "run directory to write servable/ and run.json into", required=True, aliases=("--out",)
+    )
     overwrite: bool = option("runtime", "replace a finished run in --out", False)
     resume: bool = option(
         "runtime", "continue an interrupted training in --out from its last epoch checkpoint (same settings)", False
     )
     cache_dir: str = option("runtime", "root of the fingerprinted encoder caches", ".cache/encoder")
     no_cache: bool = option("runtime", "run the frozen encoder on every batch instead of caching its outputs", False)
-    workers: int = option("runtime", "data-loading worker processes when training with --no-cache", 2)
+    loader_workers: int = option(
+        "runtime", "data-loading worker processes when training with --no-cache", 2, aliases=("--workers",)
+    )
     cache_batch_size: int = option("runtime", "batch size while filling the encoder cache", 64)
     # Which flags the user gave (not a setting): `validate` refuses those that would do nothing.
     user_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
@@ -110,9 +115,12 @@ class TrainConfig:
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> TrainConfig:
-        """Parses the command line (`--help` included) into a validated config."""
-        args = vars(get_args_parser().parse_args(argv))
+        """Parses the command line (`--help` and `--version` included) into a validated config."""
+        args = vars(parse_args(get_args_parser(), argv))
         given = vars(get_args_parser(suppress_defaults=True).parse_args(argv))
+        for name in ("version", "quiet"):  # command-line behaviour, not training settings
+            args.pop(name, None)
+            given.pop(name, None)
         config = cls(**args, user_set=frozenset(given))
         config.validate()
         return config
@@ -129,11 +137,11 @@ class TrainConfig:
         self._check_ranges()
         self._check_combinations()
         check_backbone_and_weights(self.backbone, self.weights)
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {self.out} is a file, not a directory")
-        if Run.exists(out) and not (self.overwrite or self.resume):
-            raise UsageError(f"{self.out} already holds a run; pass --overwrite to replace it")
+        run = Path(self.run)
+        if run.exists() and not run.is_dir():
+            raise UsageError(f"--run {self.run} is a file, not a directory")
+        if Run.exists(run) and not (self.overwrite or self.resume):
+            raise UsageError(f"{self.run} already holds a run; pass --overwrite to replace it")
 
     def _check_ranges(self) -> None:
         for name in ("epochs", "batch_size", "patience", "cache_batch_size", "images_per_class"):
@@ -143,8 +151,8 @@ class TrainConfig:
             raise UsageError(f"--lr and --backbone-lr must be > 0, got {self.lr} and {self.backbone_lr}")
         if self.trainable_blocks < 0 or self.xbm_size < 0:
             raise UsageError("--trainable-blocks and --xbm-size must be >= 0")
-        if self.workers < 0:
-            raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if self.loader_workers < 0:
+            raise UsageError(f"--loader-workers must be >= 0, got {self.loader_workers}")
         if self.input_size < 16:
             raise UsageError(f"--input-size must be >= 16, got {self.input_size}")
         if self.augment_copies < 0:
@@ -180,7 +188,9 @@ class TrainConfig:
             "mining": (self.loss not in MINING_LOSSES, f"--loss {self.loss} does not mine pairs or triplets"),
             "images_per_class": (self.sampler != "balanced", "it is the K of --sampler balanced"),
             "backbone_lr": (not self.trainable_blocks, "only --trainable-blocks N > 0 trains backbone stages"),
-            "workers": (not self.no_cache, "with the cache on, data loads in the main process; it is for --no-cache"),
+            "loader_workers": (
+                not self.no_cache, "with the cache on, data loads in the main process; it is for --no-cache"
+            ),
             "cache_batch_size": (self.no_cache, "--no-cache fills no cache"),
         }
         for name, (does_nothing, why) in ignored.items():
@@ -208,6 +218,7 @@ def get_args_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         meta = dict(spec.metadata)
         group = groups.setdefault(meta.pop("group"), parser.add_argument_group(spec.metadata["group"]))
         help_text = meta.pop("help")
+        aliases = meta.pop("aliases", ())
         kwargs: dict[str, Any] = {"help": help_text, **meta}
         if spec.type in ("bool", bool):
             kwargs["action"] = "store_true"
@@ -218,5 +229,5 @@ def get_args_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                 kwargs["default"] = spec.default
             if spec.type not in ("bool", bool) and "(default" not in help_text:
                 kwargs["help"] = f"{help_text} (default: {spec.default})"
-        group.add_argument(f"--{flag(spec.name)}", **kwargs)
-    return parser
+        group.add_argument(f"--{flag(spec.name)}", *aliases, dest=spec.name, **kwargs)
+    return add_common_flags(parser)

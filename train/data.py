@@ -19,10 +19,30 @@ from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
 from torch.utils.data import Dataset, Sampler
 from torchvision import datasets
 
-from core.errors import UsageError
+from core.errors import UsageError, one_line
 from core.preprocessing import load_image
 
 DATASETS = ("imagefolder", "stanford_cars")
+# What torchvision's StanfordCars reads under ROOT (its download URL is dead: bring the files).
+STANFORD_CARS_FILES = (
+    "stanford_cars/devkit/cars_meta.mat",
+    "stanford_cars/devkit/cars_train_annos.mat",
+    "stanford_cars/cars_train/",
+    "stanford_cars/cars_test_annos_withlabels.mat",
+    "stanford_cars/cars_test/",
+)
+
+
+def check_stanford_cars_layout(root: Path) -> None:
+    """Names every missing file of the layout, instead of torchvision's "Dataset not found." """
+    missing = [name for name in STANFORD_CARS_FILES if not (root / name).exists()]
+    if missing:
+        whole = ", ".join(STANFORD_CARS_FILES)
+        layout = "" if len(missing) == len(STANFORD_CARS_FILES) else f" (the whole layout: {whole})"
+        raise UsageError(
+            f"cannot read stanford_cars data at {root}: missing {', '.join(missing)}{layout}; "
+            "or use an ImageFolder tree (ROOT/<class>/<image>) with --dataset imagefolder"
+        )
 
 
 @dataclass(frozen=True)
@@ -57,12 +77,13 @@ def load_image_list(root: str | Path, dataset: str = "imagefolder") -> ImageList
             samples, names = folder.samples, folder.classes
         else:
             # torchvision's download URL is dead: the data must already be under root.
+            check_stanford_cars_layout(root)
             splits = [datasets.StanfordCars(str(root), split=s, download=False) for s in ("train", "test")]
             # `_samples` holds (path, class index) without decoding every image, unlike indexing.
             samples = [sample for split in splits for sample in split._samples]
             names = splits[0].classes
     except (FileNotFoundError, RuntimeError) as error:
-        raise UsageError(f"cannot read {dataset} data at {root}: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"cannot read {dataset} data at {root}: {one_line(error)}") from None
     if not samples:
         raise UsageError(f"no images found in {root}")
     return ImageList(tuple(str(p) for p, _ in samples), tuple(names[i] for _, i in samples))

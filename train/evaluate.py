@@ -23,6 +23,7 @@ from quaterion_models import SimilarityModel
 from quaterion_models.encoders import Encoder
 from quaterion_models.heads import EmptyHead, EncoderHead
 
+from core.cli import add_common_flags, parse_args
 from core.errors import UsageError, run_cli
 from core.files import directory_sha256, write_file_atomic, write_json_atomic
 from core.heads import TopStagesHead
@@ -63,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true", help="encode the images again, keep nothing")
     parser.add_argument("--plot", action="store_true", help="also write RUN_DIR/metrics.png, base vs tuned per metric")
     parser.add_argument("--json", action="store_true", help="print eval.json instead of a table")
-    return parser
+    return add_common_flags(parser)
 
 
 def load_run(run_dir: Path) -> tuple[Run, SimilarityModel]:
@@ -210,7 +211,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(get_args_parser(), argv)
     if args.batch_size < 1 or args.sample_size == 0 or args.sample_size < -1:
         raise UsageError("--batch-size must be >= 1 and --sample-size -1 or >= 1")
     run_dir = Path(args.run)
@@ -249,5 +250,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

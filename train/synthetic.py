@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from core.cli import add_common_flags, parse_args
 from core.errors import UsageError, run_cli
 from core.files import write_dir_atomic
 
@@ -70,10 +71,20 @@ def draw_sample(colour: str, shape: str, size: int, rng: random.Random) -> Image
     return image
 
 
+MARKER = ".synthetic-dataset"  # in every generated dataset: what a later run may replace
+
+
 def generate(
-    out: str | Path, colours: int = 4, shapes: int = 4, per_class: int = 20, size: int = 96, seed: int = 0
+    out: str | Path,
+    colours: int = 4,
+    shapes: int = 4,
+    per_class: int = 20,
+    size: int = 96,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
-    """Writes colours x shapes classes of `per_class` JPEGs; replaces `out` atomically."""
+    """Writes colours x shapes classes of `per_class` JPEGs into `out`, atomically. An existing
+    `out` is replaced only if it is empty, an earlier generated dataset, or `overwrite`."""
     if not 1 <= colours <= len(COLOURS) or not 1 <= shapes <= len(SHAPES):
         raise UsageError(f"--colours must be 1..{len(COLOURS)} and --shapes 1..{len(SHAPES)}")
     if per_class < 2 or size < 16:
@@ -89,26 +100,34 @@ def generate(
                     draw_sample(colour, shape, size, rng).save(folder / f"{i:04d}.jpg", quality=90)
 
     out = Path(out)
-    write_dir_atomic(out, fill)
+    write_dir_atomic(out, fill, marker=MARKER, overwrite=overwrite)
     return out
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    parser.add_argument(
+        "--out", required=True, help="directory to write; an existing one only if it is empty or generated before"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out whatever it holds")
     parser.add_argument("--colours", type=int, default=4, help=f"number of colours, 1..{len(COLOURS)} (default: 4)")
     parser.add_argument("--shapes", type=int, default=4, help=f"number of shapes, 1..{len(SHAPES)} (default: 4)")
     parser.add_argument("--per-class", type=int, default=20, help="images per class (default: 20)")
     parser.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    return parser
+    return add_common_flags(parser, quiet=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
-    out = generate(args.out, args.colours, args.shapes, args.per_class, args.size, args.seed)
+    args = parse_args(get_args_parser(), argv)
+    out = generate(args.out, args.colours, args.shapes, args.per_class, args.size, args.seed, args.overwrite)
     print(f"Wrote {args.colours * args.shapes} synthetic classes x {args.per_class} images to {out}")
 
 
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

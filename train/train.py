@@ -1,6 +1,6 @@
 """Train a car-similarity model and save it as a servable.
 
-    python -m train.train --data DIR --out runs/NAME [--backbone resnet152] [--weights default]
+    python -m train.train --data DIR --run runs/NAME [--backbone resnet152] [--weights default]
 
 Writes RUN_DIR/servable/ (a quaterion-models `SimilarityModel`) and RUN_DIR/run.json (settings,
 preprocessing, class split, cache fingerprint, metrics, versions, model version) through
@@ -10,6 +10,8 @@ trains, RUN_DIR/checkpoints/ holds the last epoch: `--resume` continues an inter
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 import shutil
 import sys
@@ -108,7 +110,7 @@ class Loaders(NamedTuple):
 def make_loaders(config: TrainConfig, splits: Splits, class_ids: dict[str, int], cached: bool) -> Loaders:
     # With the cache on, loaders must have no workers: Quaterion then caches labels too and
     # never decodes an image again after the fill (its "full cache").
-    workers = 0 if cached else config.workers
+    workers = 0 if cached else config.loader_workers
     augment = training_augmentation(config.input_size) if config.augment else None
     train_set: Dataset = CarsDataset(splits.train, class_ids, augment)
     labels = [class_ids[name] for name in splits.train.classes]
@@ -144,15 +146,28 @@ def make_model(
     )
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar with readable metric names and without the logger's `v_num`."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return {name.replace("TrainStage.VALIDATION", "val").replace("TrainStage.TRAIN", "train"): value
+                for name, value in metrics.items()}  # fmt: skip
+
+
 def make_trainer(config: TrainConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
     """Lightning on the GPU when there is one; per-epoch metrics to RUN_DIR/training_log/metrics.csv;
-    the last epoch checkpointed to RUN_DIR/checkpoints/ (for --resume) by a callback in `callbacks`."""
+    the last epoch checkpointed to RUN_DIR/checkpoints/ (for --resume) by a callback in `callbacks`;
+    a progress bar only on a terminal (see core.cli.show_progress)."""
+    bar = os.environ.get("TQDM_DISABLE") != "1"
     return pl.Trainer(
         accelerator="auto",
         devices=1,
         max_epochs=config.epochs,
-        callbacks=[*callbacks, TQDMProgressBar(refresh_rate=1)],
-        logger=CSVLogger(config.out, name="training_log", version=""),
+        callbacks=[*callbacks, ProgressBar(refresh_rate=1)] if bar else callbacks,
+        enable_progress_bar=bar,
+        logger=CSVLogger(config.run, name="training_log", version=""),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
@@ -168,10 +183,13 @@ def plain_metric_names(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def quiet_quaterion_debug_log() -> None:
-    """Quaterion logs cache internals at DEBUG through loguru; users need INFO and above."""
+def quiet_library_logs() -> None:
+    """Quaterion logs cache internals at DEBUG through loguru; users need INFO and above. Lightning
+    announces GPU/TPU/IPU/HPU availability at INFO on every start: warnings only."""
     logger.remove()
     logger.add(sys.stderr, level="INFO")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -183,7 +201,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Trains as `config` says and writes the run; returns its run.json."""
     checkpoints = RunCheckpoints(config)
     resume_from = checkpoints.resume_from()
-    quiet_quaterion_debug_log()
+    quiet_library_logs()
     splits = prepare_splits(config)
     class_ids = {name: i for i, name in enumerate(splits.classes.train)}
     pl.seed_everything(config.seed, workers=True)
@@ -236,7 +254,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     extra = {}
     if model.base_top_state is not None:  # evaluation's baseline: the pretrained top stages
         extra[BASE_TOP_FILE] = lambda f: torch.save(model.base_top_state, f)
-    run = Run.write(config.out, model.save_servable, info, extra)
+    run = Run.write(config.run, model.save_servable, info, extra)
     checkpoints.remove()
     print(
         f"Saved {run.servable_dir} (model version {run.model_version[:12]}); trained on "
@@ -248,5 +266,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return run.info
 
 
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -116,3 +116,10 @@ def test_serve_with_a_bad_port(capsys, tmp_path):
     )
     argv = ["start", "--config", str(config), "--port", "70000", "--state-dir", str(tmp_path / "state")]
     one_line_error(capsys, server.main, argv, "--port must be in 1..65533")
+
+
+def test_archive_into_a_file_is_one_line(capsys, tiny_run, tmp_path):
+    (tmp_path / "store").write_text("a file, not a folder")
+    argv = ["--run", str(tiny_run), "--model-store", str(tmp_path / "store")]
+    one_line_error(capsys, archive.main, argv, "is a file, not a directory")
+    assert (tmp_path / "store").read_text() == "a file, not a folder"

@@ -90,7 +90,7 @@ def test_an_interrupted_directory_swap_is_recovered(tmp_path):
         raise KeyboardInterrupt
 
     try:
-        write_dir_atomic(target, crash)
+        write_dir_atomic(target, crash, overwrite=True)
     except KeyboardInterrupt:
         pass
     assert (target / "file").read_text() == "second"  # a failed fill keeps the previous directory

@@ -38,7 +38,7 @@ def test_empty_dataset(capsys, tmp_path):
 
 
 def test_class_with_one_image(capsys, small_data, tmp_path):
-    for name in sorted(small_data.iterdir()):
+    for name in sorted(p for p in small_data.iterdir() if p.is_dir()):
         for extra in sorted(name.iterdir())[1:]:
             extra.unlink()
     argv = ["--data", str(small_data), "--holdout-fraction", "0", "--out", str(tmp_path / "run"), *FAST]
@@ -119,7 +119,7 @@ def test_help_lists_every_flag_with_defaults():
 
 
 def test_corrupt_training_image_is_named(capsys, small_data, tmp_path):
-    broken = sorted(sorted(small_data.iterdir())[0].iterdir())[0]
+    broken = sorted(sorted(p for p in small_data.iterdir() if p.is_dir())[0].iterdir())[0]
     broken.write_bytes(b"\xff\xd8\xff not a jpeg")
     argv = ["--data", str(small_data), "--holdout-fraction", "0", "--out", str(tmp_path / "run"), *FAST]
     fails_with(capsys, train.main, argv, f"cannot read image {broken}")
@@ -134,7 +134,7 @@ def test_corrupt_training_image_is_named(capsys, small_data, tmp_path):
         (["--loss", "circle", "--mining", "hard"], "--mining would do nothing here"),
         (["--images-per-class", "8"], "--images-per-class would do nothing here: it is the K of --sampler balanced"),
         (["--backbone-lr", "1e-3"], "--backbone-lr would do nothing here: only --trainable-blocks N > 0"),
-        (["--workers", "4"], "--workers would do nothing here"),
+        (["--workers", "4"], "--loader-workers would do nothing here"),  # the old spelling still works
         (["--no-cache", "--cache-batch-size", "8"], "--cache-batch-size would do nothing here"),
         (["--overwrite", "--resume"], "pass one of them"),
     ],
@@ -154,7 +154,7 @@ def test_the_same_flags_are_accepted_where_they_act(small_data, tmp_path):
         ["--no-cache", "--workers", "0"],
     ):
         config = TrainConfig.from_argv(base + extra)
-        assert {"data", "out", "backbone"} <= config.user_set and "lr" not in config.user_set
+        assert {"data", "run", "backbone"} <= config.user_set and "lr" not in config.user_set  # --out: --run's alias
         assert config.to_json()["set_by_user"] == sorted(config.user_set)
 
 
@@ -174,3 +174,20 @@ def test_evaluate_refuses_a_benchmark_servable_in_one_line(capsys, small_data, t
     make_servable("resnet18", tmp_path / "bench-run", input_size=32)
     argv = ["--run", str(tmp_path / "bench-run"), "--data", str(small_data)]
     fails_with(capsys, evaluate.main, argv, "not a trained run")
+
+
+def test_stanford_cars_layout_names_the_missing_files(capsys, tmp_path):
+    (tmp_path / "cars" / "stanford_cars" / "devkit").mkdir(parents=True)
+    (tmp_path / "cars" / "stanford_cars" / "devkit" / "cars_meta.mat").write_bytes(b"")
+    argv = ["--data", str(tmp_path / "cars"), "--dataset", "stanford_cars", "--out", str(tmp_path / "run"), *FAST]
+    fails_with(capsys, train.main, argv, "missing stanford_cars/devkit/cars_train_annos.mat, stanford_cars/cars_train/")
+
+
+def test_training_output_has_results_not_noise(small_data, tmp_path):
+    """Off a terminal: no progress bars, no accelerator banners, no `v_num`; the summary line stays."""
+    result = run_module("train.train", "--data", str(small_data), "--run", str(tmp_path / "run"), *FAST)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    for noise in ("GPU available", "TPU available", "HPU available", "v_num", "it/s]"):
+        assert noise not in output, noise
+    assert "Saved " in result.stdout and "model version" in result.stdout

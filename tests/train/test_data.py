@@ -53,7 +53,7 @@ def test_imagefolder_errors_name_the_problem(tmp_path):
 
 def test_a_class_with_one_image_cannot_train(small_data):
     images = load_image_list(small_data)
-    lonely = next(iter(Path(small_data).iterdir()))
+    lonely = next(p for p in sorted(Path(small_data).iterdir()) if p.is_dir())
     for extra in sorted(lonely.iterdir())[1:]:
         extra.unlink()
     with pytest.raises(UsageError, match=f"class '{lonely.name}' has only 1 image"):

@@ -1,0 +1,105 @@
+"""Optional Qdrant gallery store, for galleries beyond one machine's memory.
+
+    qdrant:///abs/dir?collection=cars  or  qdrant://rel/dir   embedded (local files, no server)
+    qdrant+http://host:6333/cars                                   a Qdrant server
+
+The `clients.store.GalleryStore` interface over qdrant-client. Every point carries path, label and model version;
+ids are derived from the path, so re-adding an image overwrites it instead of duplicating it.
+Needs `pip install -r requirements/client-qdrant.txt`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from clients.api import ClientError
+from clients.store import Hit, version_mismatch
+
+try:
+    from qdrant_client import QdrantClient, models
+except ImportError:  # pragma: no cover - depends on the environment
+    QdrantClient = None
+
+
+def _parse(store: str) -> tuple[dict, str]:
+    url = urlparse(store)
+    if url.scheme == "qdrant":
+        path = url.netloc + url.path
+        if not path:
+            raise ClientError(f"{store} names no directory: use qdrant://DIR (e.g. qdrant://galleries/cars)")
+        collection = parse_qs(url.query).get("collection", ["cars"])[0]
+        return {"path": path}, collection
+    collection = url.path.strip("/") or "cars"
+    return {"url": f"{url.scheme.removeprefix('qdrant+')}://{url.netloc}"}, collection
+
+
+class QdrantGallery:
+    def __init__(self, client, collection: str, model_version: str, dim: int):
+        self.client, self.collection = client, collection
+        self.model_version, self.dim = model_version, dim
+
+    @classmethod
+    def open(cls, store: str, create: tuple[str, int] | None = None, fresh: bool = False) -> QdrantGallery:
+        if QdrantClient is None:
+            raise ClientError("the Qdrant store needs qdrant-client: pip install -r requirements/client-qdrant.txt")
+        location, collection = _parse(store)
+        try:
+            return cls._open(QdrantClient(**location), store, collection, create, fresh)
+        except ClientError:
+            raise
+        except Exception as error:  # server down, embedded directory locked by another process...
+            raise ClientError(f"cannot open Qdrant gallery {store}: {type(error).__name__}: {error}") from None
+
+    @classmethod
+    def _open(cls, client, store: str, collection: str, create, fresh: bool) -> QdrantGallery:
+        if fresh and create is not None and client.collection_exists(collection):
+            client.delete_collection(collection)
+        if not client.collection_exists(collection):
+            if create is None:
+                raise ClientError(f"no gallery at {store}: build one first (make gallery IMAGES=DIR GALLERY={store})")
+            version, dim = create
+            client.create_collection(
+                collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+            )
+            return cls(client, collection, version, dim)
+        points, _ = client.scroll(collection, limit=1, with_payload=True)
+        dim = client.get_collection(collection).config.params.vectors.size
+        if points:
+            return cls(client, collection, points[0].payload["model_version"], dim)
+        return cls(client, collection, create[0] if create else "", dim)
+
+    def __len__(self) -> int:
+        return self.client.count(self.collection, exact=True).count
+
+    def check_version(self, model_version: str, where: str) -> None:
+        if self.model_version and model_version != self.model_version:
+            raise version_mismatch(where, model_version, self.model_version)
+        self.model_version = model_version
+
+    def known_paths(self) -> set[str]:
+        paths, offset = set(), None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=1024, offset=offset, with_payload=["path"])
+            paths.update(p.payload["path"] for p in points)
+            if offset is None:
+                return paths
+
+    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
+        """Upserts (wait=True: durable when it returns); ids from paths, so a re-added image is replaced."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        points = [
+            models.PointStruct(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, path)),
+                vector=vector.tolist(),
+                payload={"path": path, "label": label, "model_version": self.model_version},
+            )
+            for vector, path, label in zip(vectors, paths, labels, strict=True)
+        ]
+        self.client.upsert(self.collection, points=points, wait=True)
+
+    def search(self, query: np.ndarray, top_k: int = 5) -> list[Hit]:
+        found = self.client.query_points(self.collection, query=np.asarray(query, np.float32).tolist(), limit=top_k)
+        return [Hit(p.payload["path"], p.payload["label"], float(p.score)) for p in found.points]

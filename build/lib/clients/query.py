@@ -1,0 +1,93 @@
+"""Find the gallery cars most similar to an image.
+
+    python clients/query.py car.jpg [--top-k 5] [--gallery galleries/gallery.npz] [--json] [--show out.png]
+
+Embeds IMAGE through the server and ranks the gallery by exact cosine similarity. Refuses a
+gallery built with another model version than the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+from core.cli import add_common_flags, parse_args
+from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
+from clients.cli import add_api_key_argument, run_cli
+from clients.store import DEFAULT_GALLERY, open_store
+
+
+def check_image(image: Path) -> None:
+    if image.is_dir():
+        raise ClientError(f"{image} is a directory: give one image file (build_gallery.py embeds directories)")
+    if not image.is_file():
+        raise ClientError(f"image not found: {image}")
+
+
+def query(image: Path, gallery, client: EmbeddingClient, top_k: int) -> dict:
+    check_image(image)
+    try:
+        embedding = client.embed(image.read_bytes())
+    except ImageRejected as error:
+        raise ClientError(f"the server cannot use {image}: {error}") from None
+    gallery.check_version(embedding.model_version, client.url)
+    # The query's own file, if it is in the gallery, is not a result: it would always rank first.
+    itself = str(image.resolve())
+    hits = [hit for hit in gallery.search(embedding.vector, top_k + 1) if hit.path != itself]
+    results = [
+        {"rank": rank, "score": round(hit.score, 4), "label": hit.label, "path": hit.path}
+        for rank, hit in enumerate(hits[:top_k], start=1)
+    ]
+    return {"query": str(image), "model_version": embedding.model_version, "results": results}
+
+
+def format_table(answer: dict) -> str:
+    lines = [f"Most similar to {answer['query']} (model {answer['model_version'][:12]}):"]
+    lines.append(f"{'rank':>4}  {'score':>6}  {'label':<32}  path")
+    for r in answer["results"]:
+        lines.append(f"{r['rank']:>4}  {r['score']:>6.3f}  {r['label'][:32]:<32}  {r['path']}")
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", help="image file to search with")
+    parser.add_argument("--top-k", type=int, default=5, help="number of results (default: %(default)s)")
+    parser.add_argument(
+        "--gallery", "--store", dest="gallery", default=DEFAULT_GALLERY,
+        help="gallery: a .npz file or a qdrant://... location (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
+    add_api_key_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--show", metavar="PNG", help="also draw the query and its results into this picture")
+    return add_common_flags(parser, quiet=False)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(get_args_parser(), argv)
+    if args.top_k < 1:
+        raise ClientError(f"--top-k must be >= 1, got {args.top_k}")
+    check_image(Path(args.image))  # before the gallery is read: a typo costs nothing
+    gallery = open_store(args.gallery)
+    answer = query(Path(args.image), gallery, EmbeddingClient(args.url, api_key=args.api_key), args.top_k)
+    if args.show:
+        from clients.picture import draw_results
+
+        draw_results(answer, Path(args.show))
+    print(json.dumps(answer, indent=2) if args.json else format_table(answer))
+    if args.show and not args.json:
+        print(f"Wrote {args.show}")
+    return answer
+
+
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

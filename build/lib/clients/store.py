@@ -1,0 +1,75 @@
+"""The gallery store interface, and `open_store`, which picks the store a location names.
+
+    galleries/gallery.npz                                   `clients.gallery.Gallery`: one local file,
+                                                            exact search (the default)
+    qdrant://DIR?collection=NAME | qdrant+http://HOST/NAME  `clients.qdrant_store.QdrantGallery`
+
+Every store keeps, per row, an embedding with its image path and label, refuses embeddings of
+another model version, and makes `add` durable before it returns (so a killed gallery build
+resumes where it stopped). Builders and queries use only what `GalleryStore` names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from clients.api import ClientError
+
+DEFAULT_GALLERY = "galleries/gallery.npz"
+QDRANT_SCHEMES = ("qdrant://", "qdrant+http://", "qdrant+https://")
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    label: str
+    score: float
+
+
+class GalleryStore(Protocol):
+    model_version: str
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def check_version(self, model_version: str, where: str) -> None:
+        """Raises ClientError when `where` serves another model than the gallery was built with."""
+
+    def known_paths(self) -> set[str]: ...
+
+    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
+        """Adds rows (an image already present is replaced); durable when it returns."""
+
+    def search(self, query: np.ndarray, top_k: int = 5) -> list[Hit]: ...
+
+
+def version_mismatch(where: str, served: str, built_with: str) -> ClientError:
+    return ClientError(
+        f"{where} serves model {served[:12]}, but the gallery was built with "
+        f"{built_with[:12]}: rebuild the gallery (make gallery) or serve that model"
+    )
+
+
+def is_qdrant(store: str) -> bool:
+    return store.startswith(QDRANT_SCHEMES)
+
+
+def open_store(store: str, create: tuple[str, int] | None = None, fresh: bool = False) -> GalleryStore:
+    """The gallery at `store`: a .npz path, or a Qdrant location.
+
+    `create=(model_version, dim)` makes an empty gallery when there is none yet (or, with
+    `fresh`, replaces it: a file only when first written, so a killed rebuild keeps the old one).
+    """
+    if is_qdrant(store):
+        from clients.qdrant_store import QdrantGallery  # needs the optional qdrant-client
+
+        return QdrantGallery.open(store, create, fresh)
+    from clients.gallery import Gallery
+
+    if create is not None and (fresh or not Path(store).exists()):
+        return Gallery(*create, path=Path(store))
+    return Gallery.load(store)

@@ -1,0 +1,74 @@
+"""Lightning callbacks of a training run: keep the best head, and seed after the cache fill."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from quaterion.utils.enums import TrainStage
+
+VAL_LOSS = f"{TrainStage.VALIDATION}_loss"
+VAL_RRP = f"rrp_{TrainStage.VALIDATION}"
+# --select-by: (Lightning's metric name, whether larger is better)
+SELECT_BY_METRIC = {"loss": (VAL_LOSS, False), "r_precision": (VAL_RRP, True)}
+
+
+class KeepBestHead(pl.Callback):
+    """Restores the head of the epoch with the best validation score when training ends: the
+    lowest loss, or the highest R-precision (`select_by`), on held-back images of the training
+    classes.
+
+    Also stops training at the first non-finite training loss (`diverged`). Its state travels in
+    Lightning's checkpoints, so a resumed run still knows the best epoch before the interruption.
+    """
+
+    def __init__(self, select_by: str = "loss") -> None:
+        self.monitor, self.higher_is_better = SELECT_BY_METRIC[select_by]
+        self.diverged = False
+        self.best_score = -math.inf if self.higher_is_better else math.inf
+        self.best_loss = math.inf  # the validation loss of the kept epoch
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            self.diverged = trainer.should_stop = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The hook EarlyStopping uses too, so both judge the same validation score.
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or score is None or not math.isfinite(score):
+            return
+        better = float(score) > self.best_score if self.higher_is_better else float(score) < self.best_score
+        if not better:
+            return
+        self.best_score, self.best_epoch = float(score), trainer.current_epoch
+        self.best_loss = float(trainer.callback_metrics.get(VAL_LOSS, math.nan))
+        self.best_state = copy.deepcopy(pl_module.model.head.state_dict())
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.model.head.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "diverged": self.diverged, "best_score": self.best_score, "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch, "best_state": self.best_state,
+        }  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update(state_dict)
+
+
+class SeedAtFitStart(pl.Callback):
+    """Re-seeds after Quaterion's cache step, so a filled and a reused cache train identically."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl.seed_everything(self.seed, workers=True)

@@ -1,0 +1,233 @@
+"""`TrainConfig`: every training setting in one frozen dataclass, the one place for defaults.
+
+The command line is generated from its fields (each field's `metadata` holds its group and help
+text), so a default exists only here. `validate` refuses bad values and combinations in which a
+flag the user set would silently do nothing, naming the flag. `to_json` is what run.json records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.cli import add_common_flags, parse_args
+from core.encoders import check_backbone_and_weights
+from core.errors import UsageError
+from core.run import Run
+from train.data import DATASETS
+
+LOSSES = ("triplet", "arcface", "softmax", "circle", "online_contrastive", "fast_ap")
+MINING = ("hard", "semi_hard", "all")
+MINING_LOSSES = ("triplet", "online_contrastive")  # the losses that mine pairs or triplets
+MARGIN_LOSSES = ("triplet", "arcface", "circle", "online_contrastive")
+SELECT_BY = ("loss", "r_precision")
+SAMPLERS = ("random", "balanced")
+# "all" and "semi_hard" mining build batch x batch x batch tensors: ~47 GB at batch 1024.
+MAX_CUBIC_MINING_BATCH = 512
+
+
+def option(group: str, help: str, default: Any = None, **argparse_kw: Any) -> Any:
+    """A config field with the command-line help that describes it."""
+    return field(default=default, metadata={"group": group, "help": help, **argparse_kw})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    # data
+    data: str = option("data", "dataset root directory", required=True)
+    dataset: str = option("data", "layout of --data", "imagefolder", choices=DATASETS)
+    holdout_fraction: float = option(
+        "data", "fraction of classes held out of training, to measure retrieval on unseen cars; 0 trains on all", 0.5
+    )
+    val_fraction: float = option(
+        "data", "fraction of each training class's images used for validation and early stopping", 0.1
+    )
+    fold: int = option("data", "2 swaps training and held-out classes of the seeded split", 1, choices=(1, 2))
+    seed: int = option("data", "seed for the class split, validation split and training", 42)
+    # model
+    backbone: str = option("model", "any torchvision classification model", "resnet152")
+    weights: str = option(
+        "model", "'default' (torchvision ImageNet weights, downloaded), 'none' (random) or a local state-dict path",
+        "default",
+    )
+    input_size: int = option("model", "images are resized to this square size", 224)
+    trainable_blocks: int = option(
+        "model",
+        "fine-tune the backbone's last N stages (ResNet layers, MobileNet/EfficientNet blocks) with frozen "
+        "BatchNorm statistics; the encoder cache then holds the frozen trunk's feature maps; 0: only the head learns",
+        0,
+    )
+    # training
+    epochs: int = option("training", "maximum number of epochs", 30)
+    batch_size: int = option("training", "training batch size", 128)
+    lr: float = option("training", "Adam learning rate of the head", 3e-3)
+    backbone_lr: float = option("training", "Adam learning rate of the --trainable-blocks stages", 1e-4)
+    loss: str = option("training", "Quaterion loss", "triplet", choices=LOSSES)
+    mining: str = option("training", "pair/triplet mining of --loss triplet and online_contrastive", "hard",
+                         choices=MINING)  # fmt: skip
+    margin: float | None = option("training", "loss margin (default: the loss's own; triplet 0.5)", None)
+    sampler: str = option(
+        "training", "batches of random images, or of P classes x K images (--images-per-class)", "random",
+        choices=SAMPLERS,
+    )
+    images_per_class: int = option("training", "K of --sampler balanced", 4)
+    xbm_size: int = option(
+        "training", "cross-batch memory of this many embeddings for the triplet loss, after the first epoch; 0: off", 0
+    )
+    select_by: str = option(
+        "training",
+        "validation score that picks the saved epoch and stops training: the loss, or R-precision on "
+        "held-back images of the training classes",
+        "loss",
+        choices=SELECT_BY,
+    )
+    patience: int = option("training", "stop after this many epochs without a better --select-by score", 5)
+    augment: bool = option("training", "random crop/flip/colour jitter every epoch; needs --no-cache", False)
+    augment_copies: int = option(
+        "training",
+        "with the cache: N fixed augmented views of every training image, each encoded once, "
+        "so augmentation keeps the cache's speed",
+        0,
+    )
+    # runtime
+    run: str = option(
+        "runtime", "run directory to write servable/ and run.json into", required=True, aliases=("--out",)
+    )
+    overwrite: bool = option("runtime", "replace a finished run in --out", False)
+    resume: bool = option(
+        "runtime", "continue an interrupted training in --out from its last epoch checkpoint (same settings)", False
+    )
+    cache_dir: str = option("runtime", "root of the fingerprinted encoder caches", ".cache/encoder")
+    no_cache: bool = option("runtime", "run the frozen encoder on every batch instead of caching its outputs", False)
+    loader_workers: int = option(
+        "runtime", "data-loading worker processes when training with --no-cache", 2, aliases=("--workers",)
+    )
+    cache_batch_size: int = option("runtime", "batch size while filling the encoder cache", 64)
+    # Which flags the user gave (not a setting): `validate` refuses those that would do nothing.
+    user_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    @classmethod
+    def settings(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if "group" in f.metadata]
+
+    @classmethod
+    def from_argv(cls, argv: list[str] | None = None) -> TrainConfig:
+        """Parses the command line (`--help` and `--version` included) into a validated config."""
+        args = vars(parse_args(get_args_parser(), argv))
+        given = vars(get_args_parser(suppress_defaults=True).parse_args(argv))
+        for name in ("version", "quiet"):  # command-line behaviour, not training settings
+            args.pop(name, None)
+            given.pop(name, None)
+        config = cls(**args, user_set=frozenset(given))
+        config.validate()
+        return config
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as run.json's "args", plus which of them the user set."""
+        data = {f.name: getattr(self, f.name) for f in self.settings()}
+        return {**data, "set_by_user": sorted(self.user_set)}
+
+    def validate(self) -> None:
+        self._check_ranges()
+        self._check_combinations()
+        check_backbone_and_weights(self.backbone, self.weights)
+        run = Path(self.run)
+        if run.exists() and not run.is_dir():
+            raise UsageError(f"--run {self.run} is a file, not a directory")
+        if Run.exists(run) and not (self.overwrite or self.resume):
+            raise UsageError(f"{self.run} already holds a run; pass --overwrite to replace it")
+
+    def _check_ranges(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "cache_batch_size", "images_per_class"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.backbone_lr <= 0:
+            raise UsageError(f"--lr and --backbone-lr must be > 0, got {self.lr} and {self.backbone_lr}")
+        if self.trainable_blocks < 0 or self.xbm_size < 0:
+            raise UsageError("--trainable-blocks and --xbm-size must be >= 0")
+        if self.loader_workers < 0:
+            raise UsageError(f"--loader-workers must be >= 0, got {self.loader_workers}")
+        if self.input_size < 16:
+            raise UsageError(f"--input-size must be >= 16, got {self.input_size}")
+        if self.augment_copies < 0:
+            raise UsageError(f"--augment-copies must be >= 0, got {self.augment_copies}")
+        for name in ("holdout_fraction", "val_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.margin is not None and self.margin < 0:
+            raise UsageError(f"--margin must be >= 0, got {self.margin}")
+        if self.mining != "hard" and self.batch_size > MAX_CUBIC_MINING_BATCH:
+            raise UsageError(
+                f"--mining {self.mining} needs memory cubic in the batch size (~47 GB at 1024); "
+                f"use --batch-size <= {MAX_CUBIC_MINING_BATCH} or --mining hard"
+            )
+
+    def _check_combinations(self) -> None:
+        if self.xbm_size and self.loss != "triplet":
+            raise UsageError(f"--xbm-size works with --loss triplet only (Quaterion has no XBM for {self.loss})")
+        if self.augment and not self.no_cache:
+            raise UsageError(
+                "--augment changes every epoch's images, so it needs --no-cache "
+                "(or use --augment-copies N with the cache)"
+            )
+        if self.augment_copies and self.no_cache:
+            raise UsageError(
+                "--augment-copies exists for the cache; without it use --augment (fresh views every epoch)"
+            )
+        if self.overwrite and self.resume:
+            raise UsageError("--overwrite starts over and --resume continues: pass one of them")
+        # Flags the user set that this combination would ignore.
+        ignored = {
+            "margin": (self.loss not in MARGIN_LOSSES, f"--loss {self.loss} has no margin"),
+            "mining": (self.loss not in MINING_LOSSES, f"--loss {self.loss} does not mine pairs or triplets"),
+            "images_per_class": (self.sampler != "balanced", "it is the K of --sampler balanced"),
+            "backbone_lr": (not self.trainable_blocks, "only --trainable-blocks N > 0 trains backbone stages"),
+            "loader_workers": (
+                not self.no_cache, "with the cache on, data loads in the main process; it is for --no-cache"
+            ),
+            "cache_batch_size": (self.no_cache, "--no-cache fills no cache"),
+        }
+        for name, (does_nothing, why) in ignored.items():
+            if name in self.user_set and does_nothing:
+                raise UsageError(f"--{flag(name)} would do nothing here: {why}")
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def get_args_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command line of `python -m train.train`, generated from `TrainConfig`'s fields.
+    `suppress_defaults` leaves unset flags out of the result: how `user_set` is found."""
+    from train import train  # its docstring is the usage text
+
+    parser = argparse.ArgumentParser(
+        prog="python -m train.train",
+        description=train.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in TrainConfig.settings():
+        meta = dict(spec.metadata)
+        group = groups.setdefault(meta.pop("group"), parser.add_argument_group(spec.metadata["group"]))
+        help_text = meta.pop("help")
+        aliases = meta.pop("aliases", ())
+        kwargs: dict[str, Any] = {"help": help_text, **meta}
+        if spec.type in ("bool", bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str, "float | None": float}[str(spec.type)]
+        if not meta.get("required"):
+            if not suppress_defaults:
+                kwargs["default"] = spec.default
+            if spec.type not in ("bool", bool) and "(default" not in help_text:
+                kwargs["help"] = f"{help_text} (default: {spec.default})"
+        group.add_argument(f"--{flag(spec.name)}", *aliases, dest=spec.name, **kwargs)
+    return add_common_flags(parser)

@@ -1,0 +1,148 @@
+"""`CarsModel`: what Quaterion trains — a frozen `CarsEncoder` + a trainable head + a similarity loss.
+
+The seed recipe is Quaterion's Stanford Cars tutorial: frozen backbone, `SkipConnectionHead`,
+`TripletLoss`. `trainable_blocks=N` moves the backbone's last N stages into the head
+(`TopStagesHead`), trained at `backbone_lr`; other Quaterion losses and its cross-batch memory
+are options.
+"""
+
+from __future__ import annotations
+
+import torch
+from quaterion import TrainableModel
+from quaterion.eval.attached_metric import AttachedMetric
+from quaterion.eval.group import RetrievalRPrecision
+from quaterion.loss import (
+    ArcFaceLoss,
+    CircleLoss,
+    FastAPLoss,
+    OnlineContrastiveLoss,
+    SimilarityLoss,
+    SoftmaxLoss,
+    TripletLoss,
+)
+from quaterion.train.cache import CacheConfig, CacheType
+from quaterion.train.xbm import XbmConfig
+from quaterion_models.heads import EncoderHead, SkipConnectionHead
+from quaterion_models.model import DEFAULT_ENCODER_KEY
+
+from core.encoders import CarsEncoder
+from core.errors import UsageError
+from core.heads import TopStagesHead
+from core.preprocessing import Preprocessing
+from train.config import LOSSES
+
+
+class CarsModel(TrainableModel):
+    """Quaterion's hooks, configured as in its Stanford Cars tutorial."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str,
+        weights: str,
+        preprocessing: Preprocessing,
+        lr: float = 3e-3,
+        mining: str = "hard",
+        margin: float | None = None,
+        dropout: float = 0.1,
+        cache: CacheConfig | None = None,
+        trainable_blocks: int = 0,
+        backbone_lr: float = 1e-4,
+        loss: str = "triplet",
+        num_classes: int = 0,
+        xbm: XbmConfig | None = None,
+    ):
+        # Quaterion's __init__ calls the configure_* hooks, so they read these attributes.
+        self._backbone, self._weights, self._preprocessing = backbone, weights, preprocessing
+        self._lr, self._backbone_lr = lr, backbone_lr
+        self._mining = mining
+        self._margin = margin
+        self._dropout = dropout
+        self._cache_settings = cache
+        self._trainable_blocks = trainable_blocks
+        self._loss_name, self._num_classes = loss, num_classes
+        self._xbm = xbm
+        # configure_encoders leaves the pretrained top stages here for configure_head (a dict, so
+        # that Lightning does not register them as a second copy of the head's parameters).
+        self._pretrained: dict[str, torch.nn.Module | int] = {}
+        self.base_top_state: dict[str, torch.Tensor] | None = None
+        super().__init__()
+
+    def configure_encoders(self) -> CarsEncoder:
+        if not self._trainable_blocks:
+            return CarsEncoder.create(self._backbone, self._weights, self._preprocessing)
+        encoder, top, size = CarsEncoder.create_split(
+            self._backbone, self._weights, self._preprocessing, self._trainable_blocks
+        )
+        self._pretrained.update(top=top, size=size)
+        return encoder
+
+    @property
+    def encoder(self) -> CarsEncoder:
+        return self.model.encoders[DEFAULT_ENCODER_KEY]
+
+    def configure_head(self, input_embedding_size: int) -> EncoderHead:
+        if not self._trainable_blocks:
+            return SkipConnectionHead(input_embedding_size, dropout=self._dropout)
+        head = TopStagesHead(
+            input_embedding_size,
+            backbone=self._backbone,
+            trainable_blocks=self._trainable_blocks,
+            output_size=self._pretrained["size"],
+            dropout=self._dropout,
+        )
+        pretrained = self._pretrained.pop("top").state_dict()
+        head.top.load_state_dict(pretrained)
+        self.base_top_state = {name: tensor.clone() for name, tensor in pretrained.items()}
+        return head
+
+    def configure_loss(self) -> SimilarityLoss:
+        return make_loss(self._loss_name, self._margin, self._mining, self.model.head.output_size, self._num_classes)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        head = self.model.head
+        backbone_params = list(head.top.parameters()) if isinstance(head, TopStagesHead) else []
+        backbone_ids = {id(p) for p in backbone_params}
+        # The loss may learn too: ArcFace's and Softmax's class centres.
+        rest = [p for p in [*self.model.parameters(), *self.loss.parameters()] if id(p) not in backbone_ids]
+        groups = [{"params": [p for p in rest if p.requires_grad], "lr": self._lr}]
+        if backbone_params:
+            groups.append({"params": backbone_params, "lr": self._backbone_lr})
+        return torch.optim.Adam(groups)
+
+    def configure_caches(self) -> CacheConfig | None:
+        return self._cache_settings
+
+    def configure_xbm(self) -> XbmConfig | None:
+        return self._xbm
+
+    def configure_metrics(self) -> AttachedMetric:
+        return AttachedMetric("rrp", RetrievalRPrecision(), prog_bar=True, on_epoch=True, on_step=False)
+
+
+def make_loss(name: str, margin: float | None, mining: str, embedding_size: int, num_classes: int) -> SimilarityLoss:
+    """The loss named by --loss; `margin=None` keeps each loss's own default margin."""
+    margin_kw = {} if margin is None else {"margin": margin}
+    if name == "triplet":
+        return TripletLoss(mining=mining, margin=0.5 if margin is None else margin)  # 0.5: the seed recipe's
+    if name == "arcface":
+        return ArcFaceLoss(embedding_size, num_classes, **margin_kw)
+    if name == "softmax":
+        return SoftmaxLoss(embedding_size, num_classes)
+    if name == "circle":
+        return CircleLoss(**margin_kw)
+    if name == "online_contrastive":
+        return OnlineContrastiveLoss(mining="all" if mining == "all" else "hard", **margin_kw)
+    if name == "fast_ap":
+        return FastAPLoss()
+    raise UsageError(f"Unknown loss {name!r}. Choose one of: {', '.join(LOSSES)}")
+
+
+def cache_config(save_dir: str, batch_size: int) -> CacheConfig:
+    """Embeddings of the frozen encoder computed once (on GPU when there is one), then reused.
+
+    The fill runs in the main process: Quaterion learns the labels of its "full cache" while
+    reading the dataset, and labels learnt inside worker processes would be lost.
+    """
+    return CacheConfig(cache_type=CacheType.AUTO, save_dir=save_dir, batch_size=batch_size, num_workers=0)
