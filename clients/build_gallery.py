@@ -24,6 +24,7 @@ from tqdm import tqdm
 from core.cli import add_common_flags, parse_args, show_progress
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
+from clients.metadata import load_sidecar, sidecar_for
 from clients.store import DEFAULT_GALLERY, is_qdrant, open_store
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -89,6 +90,7 @@ def embed_file(client: EmbeddingClient, path: str):
 def build(args: argparse.Namespace) -> dict:
     check_gallery_location(args.gallery)
     images = list_images(Path(args.images), args.unlabelled)
+    sidecar = load_sidecar(args.metadata) if args.metadata else {}
     out = args.gallery
     client = EmbeddingClient(args.url, api_key=args.api_key)
     gallery = None if args.rebuild else existing_store(out)
@@ -100,7 +102,9 @@ def build(args: argparse.Namespace) -> dict:
 
     def flush() -> None:  # every store's `add` is durable when it returns
         if batch:
-            gallery.add(np.stack([r.vector for r, _, _ in batch]), [p for _, p, _ in batch], [lb for _, _, lb in batch])
+            paths = [p for _, p, _ in batch]
+            extra = [sidecar_for(sidecar, p) for p in paths]
+            gallery.add(np.stack([r.vector for r, _, _ in batch]), paths, [lb for _, _, lb in batch], extra)
             batch.clear()
 
     with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
@@ -141,6 +145,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="?", help="directory of images (DIR/<label>/<image> gives labels)")
     parser.add_argument("--data", help="the same directory, as the other commands name it")
     parser.add_argument("--unlabelled", action="store_true", help="accept images directly in DIR (no label)")
+    parser.add_argument(
+        "--metadata", help="CSV (a path or file column) or JSON {image: {attribute: value}} of extra attributes"
+    )
     parser.add_argument(
         "--gallery", "--out", "--store", dest="gallery", default=DEFAULT_GALLERY,
         help="gallery: a .npz file, or qdrant://DIR?collection=NAME (embedded) / qdrant+http://HOST:PORT/NAME "

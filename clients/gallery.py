@@ -1,9 +1,10 @@
 """The file store: embeddings of known cars in one local .npz file, searched by exact cosine top-k.
 
-One file holds a float32 matrix [N, dim] with, per row, the image path and label, plus metadata
-(model version, dimension, creation time). It loads without pickle in milliseconds, is replaced
-atomically (temp file + rename) on every `add` when the gallery has a `path`, and refuses to
-mix embeddings of different model versions.
+One file holds a float32 matrix [N, dim] with, per row, the image path, label and metadata
+(clients/metadata.py: id, make, model, year, sidecar attributes), plus the model version,
+dimension and creation time. Filters are evaluated as a numpy mask before the top-k. It loads
+without pickle in milliseconds, is replaced atomically (temp file + rename) on every `add` when
+the gallery has a `path`, and refuses to mix embeddings of different model versions.
 `search` is exact brute force by default; `approximate=True` uses a `ProjectedIndex` (built once
 per gallery in memory, exact scores, recall measured by bench/gallery_search.py) for long-lived
 callers with large galleries.
@@ -16,15 +17,18 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
+from clients.metadata import Condition, row_metadata
 from clients.store import Hit, version_mismatch
 from core.files import write_file_atomic
 
-FORMAT = "cars-gallery/1"
+FORMAT = "cars-gallery/2"
+OLDER_FORMATS = ("cars-gallery/1",)  # no per-row metadata: derived from path and label on load
 
 
 @dataclass
@@ -36,27 +40,38 @@ class Gallery:
     labels: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     path: Path | None = None  # where `add` writes through; None: in memory until `save`
+    rows: list[dict[str, Any]] = field(default_factory=list)  # per-row metadata (row_metadata)
     _index: ProjectedIndex | None = field(default=None, init=False, repr=False, compare=False)
+    _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.embeddings is None:
             self.embeddings = np.zeros((0, self.dim), dtype=np.float32)
+        if len(self.rows) != len(self.paths):
+            self.rows = [row_metadata(p, label) for p, label in zip(self.paths, self.labels, strict=True)]
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
-        """Appends rows; with a `path`, the file is rewritten atomically before this returns."""
+    def add(
+        self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Adds rows (`extra`: sidecar attributes per row); an image already present is replaced.
+        With a `path`, the file is rewritten atomically before this returns."""
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        extra = extra or [{} for _ in paths]
         known = {path: row for row, path in enumerate(self.paths)}
-        replaced = [(known[p], i) for i, p in enumerate(paths) if p in known]
-        for row, i in replaced:  # an image already present is replaced, as in every store
-            self.embeddings[row], self.labels[row] = vectors[i], labels[i]
+        for i, p in enumerate(paths):
+            if p in known:
+                row = known[p]
+                self.embeddings[row], self.labels[row] = vectors[i], labels[i]
+                self.rows[row] = row_metadata(p, labels[i], extra[i])
         new = [i for i, p in enumerate(paths) if p not in known]
         self.embeddings = np.concatenate([self.embeddings, vectors[new]])
         self.paths += [paths[i] for i in new]
         self.labels += [labels[i] for i in new]
-        self._index = None
+        self.rows += [row_metadata(paths[i], labels[i], extra[i]) for i in new]
+        self._index, self._columns = None, {}
         if self.path is not None:
             self.save(self.path)
 
@@ -67,25 +82,74 @@ class Gallery:
     def known_paths(self) -> set[str]:
         return set(self.paths)
 
-    def search(self, query: np.ndarray, top_k: int = 5, approximate: bool = False) -> list[Hit]:
-        """Cosine top-k from best to worst (rows and queries are unit length); exact unless `approximate`."""
-        return self.search_many(np.asarray(query, dtype=np.float32)[None, :], top_k, approximate)[0]
+    def get(self, row_id: str) -> dict[str, Any] | None:
+        """The metadata of the row with this id (what the web page's thumbnails are served from)."""
+        return next((row for row in self.rows if row["id"] == row_id), None)
 
-    def search_many(self, queries: np.ndarray, top_k: int = 5, approximate: bool = False) -> list[list[Hit]]:
+    def search(
+        self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), approximate: bool = False
+    ) -> list[Hit]:
+        """Cosine top-k of the rows passing `where`, best first (rows and queries are unit length);
+        exact unless `approximate` (then filters are not supported)."""
+        return self.search_many(np.asarray(query, dtype=np.float32)[None, :], top_k, where, approximate)[0]
+
+    def search_many(
+        self, queries: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), approximate: bool = False
+    ) -> list[list[Hit]]:
         """`search` for a batch of queries [B, dim] at once (one matrix product instead of B)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if len(self) == 0:
+        rows = np.flatnonzero(self.mask(where)) if where else None
+        if len(self) == 0 or (rows is not None and len(rows) == 0):
             return [[] for _ in queries]
-        if approximate:
+        if approximate and rows is None:
             if self._index is None:
                 self._index = ProjectedIndex(self.embeddings)
             indices, scores = self._index.search(queries, top_k)
+        elif rows is not None:
+            indices, scores = exact_top_k(self.embeddings[rows], queries, top_k)
+            indices = rows[indices]
         else:
             indices, scores = exact_top_k(self.embeddings, queries, top_k)
         return [
-            [Hit(self.paths[i], self.labels[i], float(score)) for i, score in zip(row, row_scores, strict=True)]
+            [self._hit(i, float(score)) for i, score in zip(row, row_scores, strict=True)]
             for row, row_scores in zip(indices, scores, strict=True)
         ]
+
+    def _hit(self, index: int, score: float) -> Hit:
+        row = self.rows[index]
+        return Hit(self.paths[index], self.labels[index], score, row["id"], row)
+
+    def mask(self, where: tuple[Condition, ...]) -> np.ndarray:
+        """Rows passing every condition, as numpy comparisons over per-field columns (the same
+        semantics as `clients.metadata.matches`: a missing value only passes `!=`)."""
+        keep = np.ones(len(self), dtype=bool)
+        for condition in where:
+            if condition.numeric:
+                values = self._column(condition.field, numeric=True)
+                with np.errstate(invalid="ignore"):
+                    passed = {
+                        "=": values == condition.value, "!=": ~(values == condition.value),
+                        "<": values < condition.value, "<=": values <= condition.value,
+                        ">": values > condition.value, ">=": values >= condition.value,
+                    }[condition.op]  # fmt: skip
+            else:
+                values = self._column(condition.field, numeric=False)
+                passed = values == condition.value if condition.op == "=" else values != condition.value
+            keep &= passed
+        return keep
+
+    def _column(self, name: str, numeric: bool) -> np.ndarray:
+        key = f"{name}:{'n' if numeric else 's'}"
+        if key not in self._columns:
+            raw = [row.get(name) for row in self.rows]
+            if numeric:
+                column = np.array(
+                    [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in raw]
+                )
+            else:
+                column = np.array([None if v is None else str(v) for v in raw], dtype=object)
+            self._columns[key] = column
+        return self._columns[key]
 
     def save(self, path: str | Path) -> None:
         """Replaces the file at `path` atomically: readers see the old or the new gallery."""
@@ -94,6 +158,7 @@ class Gallery:
             "embeddings": self.embeddings,
             "paths": np.array(self.paths, dtype=str),
             "labels": np.array(self.labels, dtype=str),
+            "rows": np.array([json.dumps(row) for row in self.rows], dtype=str),
             "metadata": np.array(json.dumps(metadata)),
         }
         write_file_atomic(path, lambda f: np.savez(f, **arrays))
@@ -108,12 +173,14 @@ class Gallery:
                 metadata = json.loads(str(data["metadata"]))
                 embeddings = data["embeddings"]
                 paths, labels = data["paths"].tolist(), data["labels"].tolist()
+                rows = [json.loads(row) for row in data["rows"].tolist()] if "rows" in data.files else []
             version, dim, created = metadata["model_version"], int(metadata["dim"]), metadata["created"]
         except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise ClientError(f"{path} is not a readable gallery ({type(error).__name__}); rebuild it") from None
-        if metadata.get("format") != FORMAT:
+        if metadata.get("format") not in (FORMAT, *OLDER_FORMATS):
             raise ClientError(f"{path} is not a gallery of this project (format {metadata.get('format')!r})")
         if embeddings.dtype != np.float32 or embeddings.shape != (len(paths), dim) or len(labels) != len(paths):
             raise ClientError(f"{path} is inconsistent (shape {embeddings.shape}, {len(paths)} paths); rebuild it")
-        return cls(version, dim, embeddings, paths, labels, created, path=path)
-
+        if rows and (len(rows) != len(paths) or not all(isinstance(r, dict) for r in rows)):
+            raise ClientError(f"{path} is inconsistent ({len(rows)} metadata rows, {len(paths)} paths); rebuild it")
+        return cls(version, dim, embeddings, paths, labels, created, path=path, rows=rows)

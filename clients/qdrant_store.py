@@ -10,12 +10,12 @@ Needs `pip install -r requirements/client-qdrant.txt`.
 
 from __future__ import annotations
 
-import uuid
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
 from clients.api import ClientError
+from clients.metadata import Condition, row_metadata
 from clients.store import Hit, version_mismatch
 
 try:
@@ -87,19 +87,53 @@ class QdrantGallery:
             if offset is None:
                 return paths
 
-    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
+    def add(
+        self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict] | None = None
+    ) -> None:
         """Upserts (wait=True: durable when it returns); ids from paths, so a re-added image is replaced."""
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        points = [
-            models.PointStruct(
-                id=str(uuid.uuid5(uuid.NAMESPACE_URL, path)),
-                vector=vector.tolist(),
-                payload={"path": path, "label": label, "model_version": self.model_version},
-            )
-            for vector, path, label in zip(vectors, paths, labels, strict=True)
-        ]
+        extra = extra or [{} for _ in paths]
+        points = []
+        for vector, path, label, attributes in zip(vectors, paths, labels, extra, strict=True):
+            payload = {**row_metadata(path, label, attributes), "model_version": self.model_version}
+            points.append(models.PointStruct(id=payload["id"], vector=vector.tolist(), payload=payload))
         self.client.upsert(self.collection, points=points, wait=True)
 
-    def search(self, query: np.ndarray, top_k: int = 5) -> list[Hit]:
-        found = self.client.query_points(self.collection, query=np.asarray(query, np.float32).tolist(), limit=top_k)
-        return [Hit(p.payload["path"], p.payload["label"], float(p.score)) for p in found.points]
+    def search(self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[Hit]:
+        found = self.client.query_points(
+            self.collection, query=np.asarray(query, np.float32).tolist(), limit=top_k, query_filter=to_filter(where)
+        )
+        return [_hit(point.payload, float(point.score)) for point in found.points]
+
+    def get(self, row_id: str) -> dict | None:
+        try:
+            points = self.client.retrieve(self.collection, ids=[row_id], with_payload=True)
+        except ValueError:  # not a UUID: no such row
+            return None
+        return _row(points[0].payload) if points else None
+
+
+def _row(payload: dict) -> dict:
+    return {key: value for key, value in payload.items() if key != "model_version"}
+
+
+def _hit(payload: dict, score: float) -> Hit:
+    return Hit(payload["path"], payload["label"], score, payload.get("id", ""), _row(payload))
+
+
+def to_filter(where: tuple[Condition, ...]):
+    """Conditions -> a Qdrant payload filter with `clients.metadata.matches`' semantics: `!=` is a
+    must_not (a row without the field passes), ranges need the field."""
+    if not where:
+        return None
+    must, must_not = [], []
+    for c in where:
+        if c.numeric and c.op in ("=", "!="):
+            condition = models.FieldCondition(key=c.field, range=models.Range(gte=c.value, lte=c.value))
+        elif c.numeric:
+            bound = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}[c.op]
+            condition = models.FieldCondition(key=c.field, range=models.Range(**{bound: c.value}))
+        else:
+            condition = models.FieldCondition(key=c.field, match=models.MatchValue(value=c.value))
+        (must_not if c.op == "!=" else must).append(condition)
+    return models.Filter(must=must or None, must_not=must_not or None)

@@ -17,6 +17,7 @@ from pathlib import Path
 from core.cli import add_common_flags, parse_args
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
+from clients.metadata import Condition, parse_where
 from clients.store import DEFAULT_GALLERY, open_store
 
 
@@ -27,7 +28,7 @@ def check_image(image: Path) -> None:
         raise ClientError(f"image not found: {image}")
 
 
-def query(image: Path, gallery, client: EmbeddingClient, top_k: int) -> dict:
+def query(image: Path, gallery, client: EmbeddingClient, top_k: int, where: tuple[Condition, ...] = ()) -> dict:
     check_image(image)
     try:
         embedding = client.embed(image.read_bytes())
@@ -36,12 +37,13 @@ def query(image: Path, gallery, client: EmbeddingClient, top_k: int) -> dict:
     gallery.check_version(embedding.model_version, client.url)
     # The query's own file, if it is in the gallery, is not a result: it would always rank first.
     itself = str(image.resolve())
-    hits = [hit for hit in gallery.search(embedding.vector, top_k + 1) if hit.path != itself]
+    hits = [hit for hit in gallery.search(embedding.vector, top_k + 1, where) if hit.path != itself]
     results = [
-        {"rank": rank, "score": round(hit.score, 4), "label": hit.label, "path": hit.path}
+        {**hit.metadata, "rank": rank, "score": round(hit.score, 4), "label": hit.label, "path": hit.path}
         for rank, hit in enumerate(hits[:top_k], start=1)
     ]
-    return {"query": str(image), "model_version": embedding.model_version, "results": results}
+    answer = {"query": str(image), "model_version": embedding.model_version, "results": results}
+    return {**answer, "where": [str(c) for c in where]} if where else answer
 
 
 def format_table(answer: dict) -> str:
@@ -62,6 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
     add_api_key_argument(parser)
+    parser.add_argument(
+        "--where", action="append", default=[], metavar="FILTER",
+        help="keep results whose metadata passes, e.g. make=Audi or year>=2010 (repeat: all must hold)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PNG", help="also draw the query and its results into this picture")
     return add_common_flags(parser, quiet=False)
@@ -72,8 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.top_k < 1:
         raise ClientError(f"--top-k must be >= 1, got {args.top_k}")
     check_image(Path(args.image))  # before the gallery is read: a typo costs nothing
+    where = tuple(parse_where(text) for text in args.where)
     gallery = open_store(args.gallery)
-    answer = query(Path(args.image), gallery, EmbeddingClient(args.url, api_key=args.api_key), args.top_k)
+    answer = query(Path(args.image), gallery, EmbeddingClient(args.url, api_key=args.api_key), args.top_k, where)
     if args.show:
         from clients.picture import draw_results
 

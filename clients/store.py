@@ -4,20 +4,22 @@
                                                             exact search (the default)
     qdrant://DIR?collection=NAME | qdrant+http://HOST/NAME  `clients.qdrant_store.QdrantGallery`
 
-Every store keeps, per row, an embedding with its image path and label, refuses embeddings of
+Every store keeps, per row, an embedding with its image path, label and metadata
+(clients/metadata.py), filters by it, refuses embeddings of
 another model version, and makes `add` durable before it returns (so a killed gallery build
 resumes where it stopped). Builders and queries use only what `GalleryStore` names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from clients.api import ClientError
+from clients.metadata import Condition
 
 DEFAULT_GALLERY = "galleries/gallery.npz"
 QDRANT_SCHEMES = ("qdrant://", "qdrant+http://", "qdrant+https://")
@@ -28,6 +30,8 @@ class Hit:
     path: str
     label: str
     score: float
+    id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)  # clients/metadata.py: make, model, year, ...
 
 
 class GalleryStore(Protocol):
@@ -41,10 +45,17 @@ class GalleryStore(Protocol):
 
     def known_paths(self) -> set[str]: ...
 
-    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str]) -> None:
-        """Adds rows (an image already present is replaced); durable when it returns."""
+    def add(
+        self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Adds rows, `extra` holding sidecar attributes per row (an image already present is
+        replaced); durable when it returns."""
 
-    def search(self, query: np.ndarray, top_k: int = 5) -> list[Hit]: ...
+    def search(self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[Hit]:
+        """The top_k rows passing every condition of `where`, best first."""
+
+    def get(self, row_id: str) -> dict[str, Any] | None:
+        """The metadata of one row by its id (path, label, ...), or None."""
 
 
 def version_mismatch(where: str, served: str, built_with: str) -> ClientError:

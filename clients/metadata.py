@@ -1,0 +1,144 @@
+"""What every gallery row carries besides its vector, and the filters over it.
+
+Each row has `id` (stable: derived from the image path, so re-adding an image replaces it),
+`path`, `label` and, for Stanford Cars style labels ("[NNN_]Make Model Body Year"), `make`,
+`model` and `year` parsed from the label; a sidecar file (`--metadata`, CSV or JSON keyed by image
+path or file name) adds any other attributes, e.g. a listing id or a price.
+
+Filters are `FIELD OP VALUE` conditions (`make=Audi`, `year>=2010`, `price<20000`), all of which
+must hold. `matches` is the reference semantics: the file store evaluates it as a numpy mask and
+the Qdrant stores translate it into their payload filter; a test checks that they agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clients.api import ClientError
+
+OPERATORS = ("<=", ">=", "!=", "=", "<", ">")  # longest first: "<=" before "<"
+# Makes of more than one word in Stanford Cars; any other make is the label's first word.
+MULTI_WORD_MAKES = ("AM General", "Aston Martin", "Land Rover", "Rolls-Royce", "Mercedes-Benz", "Ram C/V")
+FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED = ("id", "path", "label")  # set by the gallery itself; a sidecar may not override them
+
+
+def row_id(path: str) -> str:
+    """The stable id of the row of `path` (a UUID, as Qdrant requires)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, path))
+
+
+def parse_label(label: str) -> dict[str, Any]:
+    """make / model / year of a Stanford Cars style label; {} when it has no year at its end."""
+    words = re.sub(r"^\d+_", "", label).replace("_", " ").split()
+    if len(words) < 3 or not re.fullmatch(r"(19|20)\d\d", words[-1]):
+        return {}
+    text = " ".join(words[:-1])
+    make = next((m for m in MULTI_WORD_MAKES if text.startswith(m + " ")), words[0])
+    return {"make": make, "model": text[len(make) :].strip(), "year": int(words[-1])}
+
+
+def row_metadata(path: str, label: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**parse_label(label), **(extra or {}), "id": row_id(path), "path": path, "label": label}
+
+
+def _typed(value: str) -> Any:
+    """Sidecar cells: numbers become numbers (so `price<20000` compares numbers), the rest stays text."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value else number
+
+
+def load_sidecar(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Extra attributes per image from a CSV (a `path` or `file` column) or a JSON object
+    {path or file name: {attribute: value}}; keys are matched by full path, then by file name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClientError(f"metadata file not found: {path}")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+                raise ClientError(f"{path}: expected a JSON object {{image: {{attribute: value}}}}")
+            table = {str(k): dict(v) for k, v in data.items()}
+        else:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            key = next((k for k in ("path", "file") if rows and k in rows[0]), None)
+            if key is None:
+                raise ClientError(f"{path}: a metadata CSV needs a 'path' or 'file' column")
+            table = {row.pop(key): {k: _typed(v) for k, v in row.items() if k and v != ""} for row in rows}
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:
+        raise ClientError(f"cannot read metadata file {path}: {error}") from None
+    for key, attributes in table.items():
+        bad = [name for name in attributes if name in RESERVED or not FIELD.match(name)]
+        if bad:
+            raise ClientError(f"{path}: attribute {bad[0]!r} of {key!r} is reserved or not a plain name")
+    return table
+
+
+def sidecar_for(table: dict[str, dict[str, Any]], image_path: str) -> dict[str, Any]:
+    return table.get(image_path) or table.get(Path(image_path).name) or {}
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    op: str
+    value: str | float
+
+    @property
+    def numeric(self) -> bool:
+        return isinstance(self.value, float)
+
+    def __str__(self) -> str:
+        value = self.value if not self.numeric else f"{self.value:g}"
+        return f"{self.field}{self.op}{value}"
+
+
+def parse_where(text: str) -> Condition:
+    """`make=Audi`, `year>=2010` -> a Condition; a ClientError names what is wrong."""
+    for op in OPERATORS:
+        field, found, value = text.partition(op)
+        if found:
+            break
+    else:
+        raise ClientError(f"bad filter {text!r}: use FIELD=VALUE or FIELD>=NUMBER (operators {' '.join(OPERATORS)})")
+    field, value = field.strip(), value.strip()
+    if not FIELD.match(field) or not value:
+        raise ClientError(f"bad filter {text!r}: the field must be a plain name and the value non-empty")
+    try:
+        number: float | None = float(value)
+    except ValueError:
+        number = None
+    if op in ("<", "<=", ">", ">=") and number is None:
+        raise ClientError(f"bad filter {text!r}: {op} compares numbers, and {value!r} is not one")
+    return Condition(field, op, number if number is not None else value)
+
+
+def _compare(actual: Any, condition: Condition) -> bool:
+    if condition.numeric:
+        if isinstance(actual, bool) or not isinstance(actual, (int, float)):
+            return condition.op == "!="  # a row without this number differs from it
+        left, right = float(actual), condition.value
+    else:
+        if actual is None:
+            return condition.op == "!="
+        left, right = str(actual), condition.value
+    return {
+        "=": left == right, "!=": left != right, "<": left < right,
+        "<=": left <= right, ">": left > right, ">=": left >= right,
+    }[condition.op]  # fmt: skip
+
+
+def matches(metadata: dict[str, Any], conditions: list[Condition] | tuple[Condition, ...]) -> bool:
+    """Whether a row passes every condition (the reference every store must agree with)."""
+    return all(_compare(metadata.get(c.field), c) for c in conditions)
