@@ -12,8 +12,8 @@
 #  0. setup: installs the carried wheels (.whl/*.whl -> $GPU_CHECK_SITE, default /tmp/site, on
 #     PYTHONPATH with the repository), puts the carried JRE on PATH (.device/jre, or unpacked from
 #     .device/jre.tar.xz into /tmp/gpu-check-jre), prints versions; refuses to go on without CUDA.
-#  a. python -m bench.random_servable --backbone resnet152 --out runs/gpu-resnet152 --input-size 224
-#  b. python -m bench.serving --device cuda --answer binary --batch-size 64 --max-batch-delay 5
+#  a. python -m bench.random_servable --backbone resnet152 --run runs/gpu-resnet152 --input-size 224
+#  b. python -m bench.serving --device cuda --answer binary --batch-sizes 64 --max-batch-delay 5
 #       --workers 2,4 --concurrency 64,128 --images 512 (generated 500x260 JPEGs) ...: the in-process
 #     ceiling for 2 and 4 processes, then TorchServe per worker count (closed loop at each
 #     concurrency, open loop at half load) -> serving.json; then python -m bench.inprocess
@@ -39,9 +39,11 @@
 # Other knobs: PYTHON (default python3), GPU_CHECK_SERVING_ARGS (appended to bench.serving's
 # arguments, e.g. "--workers 1,2,4"), GPU_CHECK_HANDLER=0 (skips bench.inprocess).
 #
-# Expected runtime: about 5-6 min on one H200 (servable ~15 s, ceiling ~1 min, two TorchServe
-# starts with 3 points each ~3 min, handler ceiling ~1 min), +2-3 min with --train; the dry run
-# about 2-3 min on a 2-core CPU.
+# Expected runtime (an estimate: not yet run on a GPU): about 5-6 min on one H200 (servable ~15 s,
+# ceiling ~1 min, archive + two TorchServe starts with 3 points each ~3 min, handler ceiling ~1 min),
+# +2-3 min with --train; pass timeout_s=540. The dry run took 62 s (71 s with --train) on the
+# project's 2-core CPU VM. Short of device time: GPU_CHECK_HANDLER=0 and
+# GPU_CHECK_SERVING_ARGS="--workers 4 --concurrency 128" cut it to ~3 min.
 set -euo pipefail
 
 DRY=${GPU_CHECK_DRY_RUN:-0}
@@ -67,7 +69,7 @@ else
 fi
 mkdir -p "$RESULTS"
 RESULTS=$(cd "$RESULTS" && pwd)
-exec > >(tee -a "$RESULTS/gpu_check.log") 2>&1
+exec > >(tee "$RESULTS/gpu_check.log") 2>&1
 
 SMI_PID=
 cleanup() {
@@ -149,12 +151,12 @@ fi
 
 if ((DRY)); then
     BACKBONE=resnet18 SIZE=64 SERVABLE=runs/gpu-check-dry-resnet18 DEVICE=cpu
-    SERVING=(--batch-size 8 --max-batch-delay 5 --workers 1 --concurrency 4 --images 32
+    SERVING=(--batch-sizes 8 --max-batch-delay 5 --workers 1 --concurrency 4 --images 32
         --warmup 1 --seconds 3 --repeats 1 --worker-threads 1)
     INPROCESS=(--batch-sizes 8 --images 32 --repeats 1 --threads 1)
 else
     BACKBONE=resnet152 SIZE=224 SERVABLE=runs/gpu-resnet152 DEVICE=cuda
-    SERVING=(--batch-size 64 --max-batch-delay 5 --workers 2,4 --concurrency 64,128 --images 512
+    SERVING=(--batch-sizes 64 --max-batch-delay 5 --workers 2,4 --concurrency 64,128 --images 512
         --warmup 3 --seconds 6 --repeats 3)
     INPROCESS=(--batch-sizes 64,128 --images 512 --repeats 3)
 fi
@@ -163,7 +165,7 @@ export CARS_SHARED=$RESULTS/.no-shared
 
 step "a. random-weights $BACKBONE servable ($SIZE px) -> $SERVABLE"
 rm -rf "$SERVABLE"  # always fresh: a stale servable would not match its run.json
-"$PY" -m bench.random_servable --backbone "$BACKBONE" --out "$SERVABLE" --input-size "$SIZE"
+"$PY" -m bench.random_servable --backbone "$BACKBONE" --run "$SERVABLE" --input-size "$SIZE"
 
 step "b. serving benchmark on $DEVICE, binary answers -> $RESULTS/serving.json"
 if command -v nvidia-smi >/dev/null; then
@@ -173,13 +175,13 @@ if command -v nvidia-smi >/dev/null; then
 fi
 # shellcheck disable=SC2086  # GPU_CHECK_SERVING_ARGS is a list of words on purpose
 "$PY" -m bench.serving --run "$SERVABLE" --device "$DEVICE" --answer binary "${SERVING[@]}" "${NO_TS[@]}" \
-    --json "$RESULTS/serving.json" ${GPU_CHECK_SERVING_ARGS:-}
+    --results "$RESULTS/serving.json" ${GPU_CHECK_SERVING_ARGS:-}
 if [[ ${GPU_CHECK_HANDLER:-1} != 0 ]]; then
     step "b2. in-process embedder and handler (JSON and binary answers) -> $RESULTS/inprocess.json"
     handler=()
     "$PY" -c 'import ts' 2>/dev/null || handler=(--no-handler)
     "$PY" -m bench.inprocess --run "$SERVABLE" --device "$DEVICE" "${INPROCESS[@]}" "${handler[@]}" \
-        --json "$RESULTS/inprocess.json"
+        --results "$RESULTS/inprocess.json"
 fi
 cleanup
 SMI_PID=
@@ -261,7 +263,7 @@ if ((TRAIN)); then
     if [[ -z $DATA && -d .device/cars-subset ]]; then
         DATA=.device/cars-subset
     elif [[ -z $DATA ]]; then
-        DATA=$RESULTS/synthetic-data
+        DATA=runs/gpu-check-train-data  # not under $RESULTS: it would travel back from the device
         "$PY" -m train.synthetic --out "$DATA"
     fi
     if ((DRY)); then
@@ -271,9 +273,9 @@ if ((TRAIN)); then
         TRAIN_OUT=runs/gpu-train
         TRAIN_ARGS=(--backbone resnet50 --epochs 2)
     fi
-    echo "  python -m train.train --data $DATA --weights none ${TRAIN_ARGS[*]} --out $TRAIN_OUT --overwrite"
+    echo "  python -m train.train --data $DATA --weights none ${TRAIN_ARGS[*]} --run $TRAIN_OUT --overwrite"
     echo "  (its output: $RESULTS/train.log)"
-    if ! "$PY" -m train.train --data "$DATA" --weights none "${TRAIN_ARGS[@]}" --out "$TRAIN_OUT" --overwrite \
+    if ! "$PY" -m train.train --data "$DATA" --weights none "${TRAIN_ARGS[@]}" --run "$TRAIN_OUT" --overwrite \
         >"$RESULTS/train.log" 2>&1; then
         tail -n 40 "$RESULTS/train.log"
         echo "error: training failed (log above and in $RESULTS/train.log)" >&2

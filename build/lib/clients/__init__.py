@@ -1,1 +1,0 @@
-"""Thin clients (requests + numpy + pillow, no torch): build a gallery through the server, query it."""
