@@ -43,13 +43,13 @@ GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
 HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(p for p in pathlib.Path(sys.argv[2],c).iterdir() if p.suffix.lower() in {".jpg",".jpeg",".png",".webp",".bmp",".gif",".tif",".tiff"})[0])' $(RUN)/run.json $(DATA))
 
-.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query demo test lint clean clean-runs bench
+.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query web browser demo test lint clean clean-runs bench
 
 help:
 	@echo "make demo       the whole job offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop"
 	@echo "make test       run the test suite (installs first)"
 	@echo "make install    create $(VENV) with the pinned environment (idempotent); TORCH=cpu: CPU-only torch"
-	@echo "make client-install  create $(CLIENT_VENV) for the thin clients (+ qdrant-client)"
+	@echo "make client-install  create $(CLIENT_VENV) for the thin clients (+ Qdrant, + the web page's FastAPI)"
 	@echo "make synthetic  generate data/synthetic (SYNTHETIC shapes, for the demo)"
 	@echo "make constraints  re-freeze requirements/constraints.txt from $(VENV)"
 	@echo "make train      DATA=DIR RUN=DIR [BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= OVERWRITE=1 TRAIN_ARGS=]"
@@ -59,6 +59,7 @@ help:
 	@echo "make stop       stop the TorchServe that make serve started (no other)"
 	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
+	@echo "make web        [GALLERY=... WEB_PORT=8000]: the search page and API (starts TorchServe if needed)"
 	@echo "make bench      CPU benchmarks (15 min on a busy 2-core machine): serving, cache, gallery search"
 	@echo "make lint       ruff"
 	@echo "make clean      remove generated data, caches, logs and archives (not runs, not galleries)"
@@ -81,9 +82,9 @@ $(STAMP): $(REQS)
 
 client-install: $(CLIENT_STAMP)
 
-$(CLIENT_STAMP): requirements/client.txt requirements/client-qdrant.txt pyproject.toml
+$(CLIENT_STAMP): requirements/client.txt requirements/client-qdrant.txt requirements/client-web.txt pyproject.toml
 	@test -x $(CLIENT_PY) || $(PYTHON_SYS) -m venv $(CLIENT_VENV)
-	$(CLIENT_PY) -m pip install -q --disable-pip-version-check -r requirements/client-qdrant.txt
+	$(CLIENT_PY) -m pip install -q --disable-pip-version-check -r requirements/client-web.txt
 	$(CLIENT_PY) $(SELF_INSTALL)
 	@touch $@
 
@@ -119,6 +120,21 @@ gallery: $(CLIENT_STAMP)
 query: $(CLIENT_STAMP)
 	$(CLIENT_PY) clients/query.py $(IMAGE) --gallery $(GALLERY) --url $(URL)
 
+# The search page and API on 127.0.0.1:WEB_PORT over GALLERY; starts TorchServe first unless one answers
+# at URL, and stops the one it started when the page stops (Ctrl-C).
+WEB_PORT   ?= 8000
+web: $(STAMP) $(CLIENT_STAMP)
+	@if $(CLIENT_PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+	    $(subst /predictions/cars,/ping,$(URL)) 2>/dev/null; then started=; else \
+	  $(PY) -m serve.server start --config serve/config.properties --log-dir logs $(if $(PORT),--port $(PORT)) || exit 2; started=1; fi; \
+	  trap '[ -n "$$started" ] && $(PY) -m serve.server stop >/dev/null' EXIT INT TERM; \
+	  $(CLIENT_PY) clients/web.py --gallery $(GALLERY) --url $(URL) --port $(WEB_PORT)
+
+# Debian's chromium for the web page's browser test (root installs it; anyone else is told how).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium; } \
+	  || echo "warning: no chromium: the browser test will skip (CI fails it): apt-get install chromium"
+
 # The whole job, offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop
 # (TorchServe is stopped on failure too).
 # The demo is meant to be run again: it replaces its own run (OVERWRITE=1); `make train` never does unasked.
@@ -130,8 +146,9 @@ demo: $(CLIENT_STAMP)
 	@trap '$(PY) -m serve.server stop >/dev/null' EXIT; \
 	  $(CLIENT_PY) clients/build_gallery.py $(DATA) --gallery $(GALLERY) --url $(URL) --rebuild && \
 	  $(CLIENT_PY) clients/query.py "$(HELD_OUT_IMAGE)" --gallery $(GALLERY) --url $(URL) --show $(RUN)/query.png
+	@echo "Search page: run 'make web' and open http://127.0.0.1:$(WEB_PORT)/ (drop a car photo there; API: POST /search)"
 
-test: $(STAMP) $(CLIENT_STAMP)
+test: $(STAMP) $(CLIENT_STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks (docs/benchmarks.md): the CPU suite, results as JSON in $(BENCH_OUT)/. Uses the real-photo

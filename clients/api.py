@@ -35,6 +35,10 @@ class ClientError(UsageError):
     """Anything the user must fix or retry later; CLIs print it as one line and exit 2."""
 
 
+class ServerUnavailable(ClientError):
+    """The embedding server could not be reached or stayed busy through every retry (HTTP 503 for an app)."""
+
+
 class ImageRejected(ClientError):
     """The server refused this image (a 4xx): the file is the problem, not the server."""
 
@@ -87,7 +91,7 @@ class EmbeddingClient:
                 raise ClientError(f"invalid server URL {self.url!r}: {error}") from None
             except requests.RequestException as error:
                 if attempt == self.retries:
-                    raise ClientError(
+                    raise ServerUnavailable(
                         f"cannot reach the server at {self.url} ({type(error).__name__}); is it running? (make serve)"
                     ) from None
             else:
@@ -117,6 +121,9 @@ class EmbeddingClient:
             )
         if response.status_code == 404:
             raise ClientError(f"no model at {self.url} (HTTP 404): check --url and that the model is served")
+        if response.status_code in RETRYABLE_STATUS:
+            detail = payload.get("message") or payload.get("error") or f"HTTP {response.status_code}"
+            raise ServerUnavailable(f"the server at {self.url} is not ready: {detail}")
         if response.status_code != 200 or "embedding" not in payload:
             detail = payload.get("message") or payload.get("error") or response.text[:200]
             raise ClientError(f"server error HTTP {response.status_code} from {self.url}: {detail}")

@@ -58,8 +58,12 @@ class GalleryStore(Protocol):
         """The metadata of one row by its id (path, label, ...), or None."""
 
 
+class VersionMismatch(ClientError):
+    """The server runs another model than the gallery was built with (HTTP 409 for an app)."""
+
+
 def version_mismatch(where: str, served: str, built_with: str) -> ClientError:
-    return ClientError(
+    return VersionMismatch(
         f"{where} serves model {served[:12]}, but the gallery was built with "
         f"{built_with[:12]}: rebuild the gallery (make gallery) or serve that model"
     )

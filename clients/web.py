@@ -1,0 +1,262 @@
+"""The search web page and API: drop a car photo, see the most similar gallery cars.
+
+    python clients/web.py --gallery galleries/gallery.npz [--url http://127.0.0.1:8080/predictions/cars]
+                          [--host 127.0.0.1] [--port 8000] [--compare OTHER_GALLERY --compare-url URL]
+
+A client of TorchServe like the CLIs (no torch): it opens the gallery store once, embeds each
+uploaded photo through the server and searches the store, filters included.
+
+    GET  /                  the page (works offline: no external script, font or style)
+    POST /search            multipart field `file` (or `image`), or the raw image as the body;
+                            query `k` (1..100) and `where` (repeatable, e.g. make=Audi, year>=2010)
+                            -> {"model_version", "results": [{"rank", "score", "label", "id",
+                            "image_url", "make", "model", "year", ...}]} (+ "compare" with --compare)
+    GET  /images/{id}       a gallery image, by the id of its row only, resized (?size=, cached)
+    GET  /api/info          gallery size, model version, the makes and years to filter by
+    GET  /docs, /openapi.json   the API description (FastAPI)
+
+Errors are JSON `{"error": ..., "status": N}`: 400 (empty upload, bad k or filter), 413 (over
+the byte cap, the server's), 415 (not an image), 409 (the server runs another model than the
+gallery's), 503 (TorchServe down or not ready). Binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Lock
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected, ServerUnavailable
+from clients.cli import add_api_key_argument
+from clients.metadata import Condition, parse_where
+from clients.store import DEFAULT_GALLERY, GalleryStore, Hit, VersionMismatch, open_store
+from core.cli import add_common_flags, parse_args
+from core.errors import run_cli
+
+PAGE = Path(__file__).with_name("web_page.html")
+MAX_BYTES = 10 * 1024 * 1024  # the server's own cap (serve/embedder.py ImageLimits.max_bytes)
+MAX_K = 100
+THUMB_SIZES = (128, 256, 512)
+THUMB_CACHE = 512  # thumbnails kept in memory
+# The page loads nothing from elsewhere: everything it needs is inline or from this server.
+PAGE_POLICY = "default-src 'self'; img-src 'self' blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Side:
+    """One gallery and the server whose model built it (two with --compare: tuned and base)."""
+
+    name: str
+    store: GalleryStore
+    client: EmbeddingClient
+
+    def search(self, image: bytes, k: int, where: tuple[Condition, ...]) -> dict[str, Any]:
+        try:
+            embedding = self.client.embed(image)
+        except ImageRejected as error:
+            raise ApiError(str(error), error.status) from None
+        except ServerUnavailable as error:
+            raise ApiError(f"the embedding server is unavailable: {error}", 503) from None
+        except ClientError as error:
+            raise ApiError(str(error), 502) from None
+        try:
+            self.store.check_version(embedding.model_version, self.client.url)
+        except VersionMismatch as error:
+            raise ApiError(str(error), 409) from None
+        hits = self.store.search(embedding.vector, k, where)
+        results = [result(rank, hit) for rank, hit in enumerate(hits, 1)]
+        return {"model_version": embedding.model_version, "results": results}
+
+
+def result(rank: int, hit: Hit) -> dict[str, Any]:
+    public = {key: value for key, value in hit.metadata.items() if key != "path"}  # no server paths to the web
+    return {**public, "rank": rank, "score": round(hit.score, 4), "label": hit.label, "id": hit.id,
+            "image_url": f"/images/{hit.id}"}  # fmt: skip
+
+
+class Thumbnails:
+    """Gallery images by row id, resized and kept (LRU): the path comes from the gallery, never the request."""
+
+    def __init__(self, sides: list[Side]):
+        self.sides, self.cache, self.lock = sides, OrderedDict(), Lock()
+
+    def get(self, row_id: str, size: int) -> bytes:
+        key = (row_id, size)
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        row = next((r for side in self.sides if (r := side.store.get(row_id)) is not None), None)
+        if row is None:
+            raise ApiError(f"no gallery image with id {row_id!r}", 404)
+        try:
+            with Image.open(row["path"]) as image:
+                image = ImageOps.exif_transpose(image).convert("RGB")
+                image.thumbnail((size, size))
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=85)
+        except (OSError, UnidentifiedImageError):
+            raise ApiError(f"the gallery image of {row_id!r} is no longer readable on this machine", 410) from None
+        with self.lock:
+            self.cache[key] = buffer.getvalue()
+            while len(self.cache) > THUMB_CACHE:
+                self.cache.popitem(last=False)
+        return buffer.getvalue()
+
+
+def filter_choices(store: GalleryStore) -> dict[str, Any]:
+    """Makes and years present in a file gallery (Qdrant stores list none: the page then offers free text)."""
+    rows = getattr(store, "rows", None)
+    if rows is None:
+        return {"makes": [], "years": []}
+    makes = sorted({row["make"] for row in rows if row.get("make")})
+    years = sorted({row["year"] for row in rows if isinstance(row.get("year"), int)})
+    return {"makes": makes, "years": years}
+
+
+async def read_upload(request: Request) -> bytes:
+    """The image of a request: multipart field `file`/`image`, else the raw body; capped before reading on."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BYTES + 64 * 1024:
+        raise ApiError(f"upload of {declared} bytes; the limit is {MAX_BYTES} bytes", 413)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=20)
+        upload = form.get("file") or form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise ApiError('no file in the form: send the image in a field named "file"', 400)
+        data = await upload.read(MAX_BYTES + 1)
+    else:
+        data = b""
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_BYTES:
+                break
+    if not data:
+        raise ApiError("empty upload: send a car photo", 400)
+    if len(data) > MAX_BYTES:
+        raise ApiError(f"upload over the limit of {MAX_BYTES} bytes", 413)
+    return data
+
+
+def parse_filters(where: list[str]) -> tuple[Condition, ...]:
+    try:
+        return tuple(parse_where(text) for text in where if text.strip())
+    except ClientError as error:
+        raise ApiError(str(error), 400) from None
+
+
+def create_app(sides: list[Side]) -> FastAPI:
+    app = FastAPI(title="Car similarity search", version="1", docs_url="/docs", redoc_url=None)
+    thumbnails = Thumbnails(sides)
+    main = sides[0]
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"error": str(error), "status": error.status}, status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:  # 404, 405 ...
+        return JSONResponse({"error": str(error.detail), "status": error.status_code}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in error.errors())
+        return JSONResponse({"error": f"bad request: {problems}", "status": 400}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:  # never a stack trace to the web
+        return JSONResponse({"error": f"internal error: {type(error).__name__}", "status": 500}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(), headers={"Content-Security-Policy": PAGE_POLICY})
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        """What the page shows before a search: gallery size, model version, filter choices."""
+        return {"gallery": len(main.store), "model_version": main.store.model_version,
+                "compare": sides[1].name if len(sides) > 1 else None, **filter_choices(main.store)}  # fmt: skip
+
+    @app.post("/search")
+    async def search(
+        request: Request,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="number of results")] = 12,
+        where: Annotated[list[str], Query(description="filters: make=Audi, year>=2010 (all must hold)")] = [],  # noqa: B006
+    ) -> dict[str, Any]:
+        """Embeds the uploaded image and returns the k most similar gallery cars passing the filters."""
+        conditions = parse_filters(where)
+        image = await read_upload(request)
+        answer = main.search(image, k, conditions)
+        if len(sides) > 1:
+            answer["compare"] = {"name": sides[1].name, **sides[1].search(image, k, conditions)}
+        if conditions:
+            answer["where"] = [str(c) for c in conditions]
+        return answer
+
+    @app.get("/images/{row_id}", responses={200: {"content": {"image/jpeg": {}}}})
+    def image(row_id: str, size: Annotated[int, Query(description=f"one of {THUMB_SIZES}")] = 256) -> Response:
+        if size not in THUMB_SIZES:
+            raise ApiError(f"size must be one of {', '.join(map(str, THUMB_SIZES))}", 400)
+        return Response(thumbnails.get(row_id, size), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})  # fmt: skip
+
+    return app
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gallery", default=DEFAULT_GALLERY, help="gallery store (default: %(default)s)")
+    parser.add_argument("--url", default=DEFAULT_URL, help="prediction endpoint (default: %(default)s)")
+    add_api_key_argument(parser)
+    parser.add_argument("--compare", metavar="GALLERY", help="a second gallery (e.g. of the base model) shown beside")
+    parser.add_argument("--compare-url", help="the endpoint of the model that built --compare (default: --url)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")
+    parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    return add_common_flags(parser, quiet=False)
+
+
+def make_sides(args: argparse.Namespace) -> list[Side]:
+    # One retry: a page should say "server down" within a second or two, not after a long backoff.
+    sides = [Side("tuned", open_store(args.gallery), EmbeddingClient(args.url, retries=1, api_key=args.api_key))]
+    if args.compare:
+        client = EmbeddingClient(args.compare_url or args.url, retries=1, api_key=args.api_key)
+        sides.append(Side("base", open_store(args.compare), client))
+    return sides
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    args = parse_args(get_args_parser(), argv)
+    if not 1 <= args.port <= 65535:
+        raise ClientError(f"--port must be in 1..65535, got {args.port}")
+    app = create_app(make_sides(args))
+    print(f"Search page: http://{args.host}:{args.port}/  (API: POST /search, docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def cli() -> int:
+    """The console script's entry point (pyproject.toml [project.scripts])."""
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,209 @@
+"""The search page and API (clients/web.py), started as a user starts it, against a real TorchServe
+and a real gallery; the page is driven in a real headless Chromium (Debian's, through Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from clients.gallery import Gallery
+from serve.torchserve import free_ports
+from tests.clients.test_end_to_end import CLIENT_PY, build
+from tests.conftest import ROOT
+from train.synthetic import generate
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Stanford Cars style labels, so that make / year filters have something to filter.
+LABELS = ("001_Audi_A4_Sedan_2008", "002_Audi_TT_Coupe_2012", "003_BMW_X5_SUV_2011", "004_BMW_M3_Coupe_2012",
+          "005_Dodge_Ram_Pickup_2009", "006_Aston_Martin_V8_Vantage_Coupe_2012")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cars(tmp_path_factory) -> Path:
+    """Six "models" (synthetic colour x shape classes renamed as car labels), 6 images each; the
+    last image of each is held out of the gallery, for queries."""
+    source = generate(tmp_path_factory.mktemp("web-src") / "images", colours=3, shapes=2, per_class=6, size=48)
+    root = tmp_path_factory.mktemp("web-cars")
+    classes = sorted(p for p in source.iterdir() if p.is_dir())
+    for label, folder in zip(LABELS, classes, strict=True):
+        images = sorted(folder.iterdir())
+        shutil.copytree(folder, root / "gallery" / label, ignore=shutil.ignore_patterns(images[-1].name))
+        (root / "held-out" / label).mkdir(parents=True)
+        shutil.copy2(images[-1], root / "held-out" / label / images[-1].name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def gallery(server, cars, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("web-gallery") / "gallery.npz"
+    summary = build(server, cars / "gallery", str(store))
+    assert summary["total"] == 30
+    return store
+
+
+def start_page(gallery: Path | str, url: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_ports(1)[0]
+    process = subprocess.Popen(
+        [str(CLIENT_PY), "clients/web.py", "--gallery", str(gallery), "--url", url, "--port", str(port), *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the page exited: {process.stdout.read()}")
+        try:
+            if requests.get(f"{base}/api/info", timeout=1).ok:
+                return process, base
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("the page did not answer within 60 s")
+
+
+@pytest.fixture(scope="module")
+def page(server, gallery) -> Iterator[str]:
+    process, base = start_page(gallery, server["url"])
+    try:
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def held_out(cars: Path, label: str) -> Path:
+    return next((cars / "held-out" / label).iterdir())
+
+
+def search(base: str, image: bytes, **params) -> requests.Response:
+    return requests.post(f"{base}/search", params=params, files={"file": ("car.jpg", image, "image/jpeg")}, timeout=60)
+
+
+def test_api_answers_results_with_metadata_and_image_urls(page, cars):
+    image = held_out(cars, "003_BMW_X5_SUV_2011").read_bytes()
+    answer = search(page, image, k=5).json()
+    assert len(answer["results"]) == 5 and len(answer["model_version"]) == 64
+    first = answer["results"][0]
+    assert {"rank", "score", "label", "id", "image_url", "make", "model", "year"} <= first.keys()
+    assert "path" not in first  # no server paths leave through the API
+    assert [r["rank"] for r in answer["results"]] == [1, 2, 3, 4, 5]
+    thumbnail = requests.get(page + first["image_url"], timeout=30)
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    raw = requests.post(f"{page}/search", params={"k": 5}, data=image, headers={"Content-Type": "image/jpeg"})
+    assert [r["id"] for r in raw.json()["results"]] == [r["id"] for r in answer["results"]]  # raw bytes too
+
+
+def test_filters_narrow_the_results_on_the_engine_side(page, cars):
+    image = held_out(cars, "001_Audi_A4_Sedan_2008").read_bytes()
+    audi = search(page, image, k=30, where="make=Audi").json()["results"]
+    assert len(audi) == 10 and {r["make"] for r in audi} == {"Audi"}
+    recent = search(page, image, k=30, where=["make!=Audi", "year>=2012"]).json()["results"]
+    assert {r["label"] for r in recent} == {"004_BMW_M3_Coupe_2012", "006_Aston_Martin_V8_Vantage_Coupe_2012"}
+    assert {r["make"] for r in recent} == {"BMW", "Aston Martin"}
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, message",
+    [
+        ({"files": {"file": ("notes.txt", b"just text", "text/plain")}}, 415, "not a supported image"),
+        ({"data": b""}, 400, "empty upload"),
+        ({"files": {"other": ("car.jpg", b"\xff\xd8", "image/jpeg")}}, 400, 'field named "file"'),
+        ({"params": {"where": "year>>2010"}, "data": b"x"}, 400, "bad filter"),
+        ({"params": {"k": 0}, "data": b"x"}, 400, "bad request"),
+        ({"data": b"\0" * (10 * 1024 * 1024 + 1)}, 413, "limit"),
+    ],
+)
+def test_bad_requests_get_a_4xx_json_error(page, request_kwargs, status, message):
+    response = requests.post(f"{page}/search", timeout=60, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json" and message in response.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "%2Fetc%2Fpasswd", "..%2F..%2Fetc%2Fpasswd", "not-a-row"])
+def test_thumbnails_are_served_only_for_rows_of_the_gallery(page, path):
+    response = requests.get(f"{page}/images/{path}", timeout=30)
+    assert response.status_code == 404 and "root:" not in response.text
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_server_down_is_503_and_another_model_is_409(server, gallery, cars, tmp_path):
+    image = held_out(cars, "001_Audi_A4_Sedan_2008").read_bytes()
+    down = f"http://127.0.0.1:{free_ports(1)[0]}/predictions/cars"
+    foreign = Gallery.load(gallery)
+    foreign.model_version = "f" * 64
+    foreign.save(tmp_path / "foreign.npz")
+    for store, url, status, message in (
+        (gallery, down, 503, "unavailable"),
+        (tmp_path / "foreign.npz", server["url"], 409, "was built with"),
+    ):
+        process, base = start_page(store, url)
+        try:
+            response = search(base, image)
+            assert response.status_code == status and message in response.json()["error"], response.text
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_the_api_is_described_and_bound_to_loopback(page):
+    spec = requests.get(f"{page}/openapi.json", timeout=30).json()
+    assert "/search" in spec["paths"] and "post" in spec["paths"]["/search"]
+    assert page.startswith("http://127.0.0.1:")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no Chromium at {CHROMIUM}: make test installs Debian's chromium (apt-get install chromium)")
+        pytest.skip(f"no Chromium at {CHROMIUM} (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]  # fmt: skip
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_a_person_searches_filters_and_sees_errors_in_a_real_browser(browser, page, cars, tmp_path):
+    from playwright.sync_api import expect
+
+    tab = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's width
+    tab.goto(page)
+    tab.wait_for_selector("text=30 gallery cars")
+    # Keyboard: the photo picker is reachable by Tab (the file input is visually hidden, not removed).
+    tab.keyboard.press("Tab")
+    assert tab.evaluate("document.activeElement.id") == "file"
+    tab.set_input_files("#file", str(held_out(cars, "005_Dodge_Ram_Pickup_2009")))
+    tab.click("#go")
+    tab.wait_for_selector("#results .card")
+    cards = tab.locator("#results .card")
+    labels = [cards.nth(i).get_attribute("data-label") for i in range(cards.count())]
+    assert len(labels) == 12 and labels[0] == "005_Dodge_Ram_Pickup_2009"
+    assert cards.first.locator(".label").inner_text() == "Dodge Ram Pickup 2009"  # shown as a car name
+    assert tab.locator("#results h2").inner_text().startswith("Most similar cars (model ")
+    tab.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+    tab.select_option("#make", "BMW")
+    tab.click("#go")
+    expect(tab.locator("#results .card")).to_have_count(10)  # (the page's CSP forbids wait_for_function's eval)
+    assert set(tab.locator("#results .card .label").all_inner_texts()) == {"BMW X5 SUV 2011", "BMW M3 Coupe 2012"}
+
+    (tmp_path / "notes.txt").write_text("not a car")
+    tab.set_input_files("#file", str(tmp_path / "notes.txt"))
+    tab.click("#go")
+    tab.wait_for_selector("#error:not(:empty)")
+    assert "not a supported image" in tab.inner_text("#error")
+    assert tab.evaluate("document.body.scrollWidth") <= 390  # nothing wider than the phone
