@@ -68,6 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--where", action="append", default=[], metavar="FILTER",
         help="keep results whose metadata passes, e.g. make=Audi or year>=2010 (repeat: all must hold)",
     )  # fmt: skip
+    parser.add_argument(
+        "--compare", metavar="GALLERY", help="also search this gallery (e.g. of the base model) and show both"
+    )
+    parser.add_argument("--compare-url", help="the endpoint of the model that built --compare (default: --url)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PNG", help="also draw the query and its results into this picture")
     return add_common_flags(parser, quiet=False)
@@ -80,12 +84,21 @@ def main(argv: list[str] | None = None) -> dict:
     check_image(Path(args.image))  # before the gallery is read: a typo costs nothing
     where = tuple(parse_where(text) for text in args.where)
     gallery = open_store(args.gallery)
+    other = open_store(args.compare) if args.compare else None
     answer = query(Path(args.image), gallery, EmbeddingClient(args.url, api_key=args.api_key), args.top_k, where)
+    if other is not None:
+        client = EmbeddingClient(args.compare_url or args.url, api_key=args.api_key)
+        answer["compare"] = {"gallery": args.compare, **query(Path(args.image), other, client, args.top_k, where)}
     if args.show:
         from clients.picture import draw_results
 
         draw_results(answer, Path(args.show))
-    print(json.dumps(answer, indent=2) if args.json else format_table(answer))
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(format_table(answer))
+        if other is not None:
+            print(f"\nThe same query in {args.compare}:\n{format_table(answer['compare'])}")
     if args.show and not args.json:
         print(f"Wrote {args.show}")
     return answer

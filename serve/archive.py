@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve.torchserve import MODEL, find_tool
+from serve.torchserve import BASE_MODEL, MODEL, find_tool
 from core.cli import add_common_flags, parse_args
 from core.errors import UsageError, run_cli
 from core.run import RUN_FILE, SERVABLE_DIR, Run
@@ -72,16 +72,38 @@ def build_archive(run_dir: Path, model_store: Path, name: str = MODEL) -> Path:
     return target
 
 
+def build_base_archive(run_dir: Path, model_store: Path) -> Path:
+    """model_store/cars-base.mar: the untuned network the run started from (same encoder and
+    preprocessing, no trained head), served beside the tuned model for the comparison page."""
+    from core.servable import base_model  # torch + quaterion-models: only this path needs them
+
+    run = Run.open(run_dir, verify=True)
+    base = base_model(run.load_model(), run.base_top_file)
+    info = {
+        "note": f"the untuned base model of run {run.path} (model {run.model_version[:12]}): for comparison",
+        "base_of": run.model_version,
+        "embedding_size": base.head.output_size,
+    }
+    with tempfile.TemporaryDirectory(dir=model_store if model_store.is_dir() else None) as tmp:
+        base_run = Run.write(Path(tmp) / "base-run", base.save, info)
+        return build_archive(base_run.path, model_store, name=BASE_MODEL)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/latest", help="trained run directory (default: runs/latest)")
     parser.add_argument("--model-store", default="model_store", help="where to write the .mar (default: model_store)")
+    parser.add_argument(
+        "--base", action="store_true", help=f"also pack the untuned base model as {BASE_MODEL}.mar (for comparisons)"
+    )
     return add_common_flags(parser, quiet=False)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(get_args_parser(), argv)
     build_archive(Path(args.run), Path(args.model_store))
+    if args.base:
+        build_base_archive(Path(args.run), Path(args.model_store))
 
 
 def cli() -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 from core.errors import UsageError
 
 MODEL = "cars"
+BASE_MODEL = "cars-base"  # the untuned network, served beside MODEL when its archive is in the store
 ROOT = Path(__file__).resolve().parents[1]
 APIS = ("inference", "management", "metrics")
 PID_FILE = "launcher.pid"
@@ -36,7 +37,11 @@ def read_properties(path: str | Path) -> dict[str, str]:
     """The key=value lines of a Java properties file (continuation lines joined)."""
     if not Path(path).is_file():
         raise UsageError(f"TorchServe config not found: {path}")
-    text = re.sub(r"\\\n\s*", "", Path(path).read_text())
+    return parse_properties(Path(path).read_text())
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    text = re.sub(r"\\\n\s*", "", text)
     pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
     return {key.strip(): value.strip() for key, value in pairs}
 
@@ -107,15 +112,21 @@ def _get_json(url: str, headers: dict[str, str] | None = None) -> object:
         return json.loads(response.read())
 
 
+def _has_ready_worker(model_url: str, headers: dict[str, str]) -> bool:
+    return any(worker["status"] == "READY" for worker in _get_json(model_url, headers)[0]["workers"])
+
+
 def wait_until_ready(
     properties: dict[str, str],
     timeout: float = 180,
     process: subprocess.Popen | None = None,
     key_file: Path = Path("key_file.json"),
 ) -> None:
-    """Polls /ping and the model's workers until one is READY; fails fast if `process` exits.
-    With token authorization on, the keys come from `key_file` (TorchServe's working directory)."""
+    """Polls /ping and every loaded model's workers until each has one READY; fails fast if
+    `process` exits. With token authorization on, the keys come from `key_file` (TorchServe's
+    working directory)."""
     urls = addresses(properties)
+    models = [name.removesuffix(".mar") for name in properties.get("load_models", MODEL).split(",") if name.strip()]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -124,8 +135,7 @@ def wait_until_ready(
         inference, management = (bearer(key_file, api) if auth else {} for api in ("inference", "management"))
         try:
             healthy = _get_json(f"{urls['inference']}/ping", inference).get("status") == "Healthy"
-            workers = _get_json(f"{urls['management']}/models/{MODEL}", management)[0]["workers"]
-            if healthy and any(worker["status"] == "READY" for worker in workers):
+            if healthy and all(_has_ready_worker(f"{urls['management']}/models/{m}", management) for m in models):
                 return
         except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
             pass
@@ -166,6 +176,7 @@ def write_config(
     text = re.sub(r"^model_store=.*$", f"model_store={store}", text, flags=re.M)
     for key, value in overrides.items():
         text = re.sub(rf'"{key}": [^,\\]+', f'"{key}": {value}', text)
+    text += _base_model_settings(text, store)
     # Several servers at once (tests, benchmarks, other checkouts): worker sockets are
     # /tmp/.ts.sock.<port>, and the gRPC APIs bind 127.0.0.1:7070/7071 by default; a second
     # frontend failing to bind them shuts itself down.
@@ -176,6 +187,22 @@ def write_config(
     path = workdir / "config.properties"
     path.write_text(text)
     return path
+
+
+def _base_model_settings(text: str, store: Path) -> str:
+    """With cars-base.mar in the store, lines that load it too, with the cars model's settings (later
+    keys win in a Java properties file)."""
+    if not (store / f"{BASE_MODEL}.mar").is_file():
+        return ""
+    properties = parse_properties(text)
+    models = json.loads(properties.get("models", "{}"))
+    if MODEL not in models:
+        return ""
+    models[BASE_MODEL] = {
+        version: {**settings, "marName": f"{BASE_MODEL}.mar"} for version, settings in models[MODEL].items()
+    }
+    loaded = properties.get("load_models", f"{MODEL}.mar")
+    return f"\nload_models={loaded},{BASE_MODEL}.mar\nmodels={json.dumps(models)}\n"
 
 
 def stop_process_group(pid: int, timeout: float = 30, process: subprocess.Popen | None = None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from quaterion_models.heads import EmptyHead, EncoderHead
 from core.cli import add_common_flags, parse_args
 from core.errors import UsageError, run_cli
 from core.files import directory_sha256, write_file_atomic, write_json_atomic
-from core.heads import TopStagesHead
+from core.servable import base_head
 from core.run import Run
 from train.cache import images_signature
 from train.data import DATASETS, CarsDataset, ImageList, load_image_list
@@ -89,20 +88,6 @@ def select_images(images: ImageList, run: Run, which: str) -> ImageList:
             "pass the training data, or --classes all"
         )
     return images.only(holdout)
-
-
-def base_head_of(run: Run, tuned: SimilarityModel) -> EncoderHead:
-    """The untuned network's head: nothing for a frozen backbone, the pretrained top stages
-    (RUN_DIR/base_top.pt, loaded weights-only) when training fine-tuned them."""
-    head = tuned.head
-    if not isinstance(head, TopStagesHead):
-        return EmptyHead(head.input_embedding_size)
-    base = TopStagesHead(**{**head.get_config_dict(), "skip": False})
-    try:
-        base.top.load_state_dict(torch.load(run.base_top_file, map_location="cpu", weights_only=True))
-    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-        raise UsageError(f"cannot read the run's baseline {run.base_top_file}: {error}") from None
-    return base
 
 
 @torch.inference_mode()
@@ -221,10 +206,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UsageError("every class has a single image: nothing relevant to retrieve")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tuned.to(device)
-    base_head = base_head_of(run, tuned)
+    base = base_head(tuned, run.base_top_file)
     cache_dir = None if args.no_cache else Path(args.cache_dir)
     results = evaluate_base_and_tuned(
-        images, tuned, base_head, args.sample_size, args.batch_size, args.seed, run.servable_dir, cache_dir
+        images, tuned, base, args.sample_size, args.batch_size, args.seed, run.servable_dir, cache_dir
     )
     seen = set(run.info["classes"]["train"]) & set(images.class_names)
     report = {

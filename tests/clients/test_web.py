@@ -207,3 +207,67 @@ def test_a_person_searches_filters_and_sees_errors_in_a_real_browser(browser, pa
     tab.wait_for_selector("#error:not(:empty)")
     assert "not a supported image" in tab.inner_text("#error")
     assert tab.evaluate("document.body.scrollWidth") <= 390  # nothing wider than the phone
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_run, tmp_path_factory) -> Iterator[dict]:
+    """A TorchServe serving the tuned model and its untuned base (serve.archive --base) side by side."""
+    from serve.archive import build_archive, build_base_archive
+    from serve.torchserve import running_torchserve
+
+    root = tmp_path_factory.mktemp("two-models")
+    build_archive(tiny_run, root / "store")
+    build_base_archive(tiny_run, root / "store")
+    with running_torchserve(tiny_run, root) as handle:
+        yield {**handle, "base_url": handle["url"].replace("/cars", "/cars-base")}
+
+
+def test_base_and_tuned_side_by_side_in_the_cli_and_the_api(two_models, cars, tmp_path):
+    from tests.clients.test_end_to_end import client
+
+    tuned_store, base_store = str(tmp_path / "tuned.npz"), str(tmp_path / "base.npz")
+    build(two_models, cars / "gallery", tuned_store)
+    build({"url": two_models["base_url"]}, cars / "gallery", base_store)
+    tuned, base = Gallery.load(tuned_store), Gallery.load(base_store)
+    assert tuned.model_version != base.model_version and len(base) == 30  # really two models
+
+    image = held_out(cars, "002_Audi_TT_Coupe_2012")
+    shown = client("query", str(image), "--gallery", tuned_store, "--url", two_models["url"], "--compare", base_store,
+                   "--compare-url", two_models["base_url"], "--json")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    answer = __import__("json").loads(shown.stdout)
+    assert answer["model_version"] == tuned.model_version
+    assert answer["compare"]["model_version"] == base.model_version and len(answer["compare"]["results"]) == 5
+
+    process, page_url = start_page(tuned_store, two_models["url"], "--compare", base_store,
+                                   "--compare-url", two_models["base_url"])  # fmt: skip
+    try:
+        found = search(page_url, image.read_bytes(), k=4).json()
+        assert found["compare"]["name"] == "base" and found["compare"]["model_version"] == base.model_version
+        assert len(found["results"]) == len(found["compare"]["results"]) == 4
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_sidecar_attributes_and_cli_filters(server, cars, tmp_path):
+    from tests.clients.test_end_to_end import client
+
+    audi = sorted((cars / "gallery" / "001_Audi_A4_Sedan_2008").iterdir())
+    sidecar = tmp_path / "listings.csv"
+    # file names repeat across class folders here, so the sidecar names full paths
+    lines = "".join(f"{p.resolve()},L{i},{15000 + i * 5000}\n" for i, p in enumerate(audi))
+    sidecar.write_text("path,listing,price\n" + lines)
+    store = str(tmp_path / "g.npz")
+    build(server, cars / "gallery", store, "--metadata", str(sidecar))
+    rows = {row["path"]: row for row in Gallery.load(store).rows}
+    assert rows[str(audi[0].resolve())]["price"] == 15000 and rows[str(audi[0].resolve())]["listing"] == "L0"
+
+    image = held_out(cars, "003_BMW_X5_SUV_2011")
+    cheap = client("query", str(image), "--gallery", store, "--url", server["url"], "--top-k", "30",
+                   "--where", "price<25000", "--json")  # fmt: skip
+    assert cheap.returncode == 0, cheap.stderr
+    found = __import__("json").loads(cheap.stdout)["results"]
+    assert sorted(r["price"] for r in found) == [15000, 20000] and {r["make"] for r in found} == {"Audi"}
+    bad = client("query", str(image), "--gallery", store, "--url", server["url"], "--where", "price<<1")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: bad filter")
