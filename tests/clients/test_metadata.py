@@ -18,7 +18,7 @@ from clients.metadata import load_sidecar, matches, parse_label, parse_where, ro
     [
         ("001_AM_General_Hummer_SUV_2000", {"make": "AM General", "model": "Hummer SUV", "year": 2000}),
         ("Aston Martin V8 Vantage Coupe 2012", {"make": "Aston Martin", "model": "V8 Vantage Coupe", "year": 2012}),
-        ("087_Dodge_Ram_Pickup_3500_Crew_Cab_2010", {"make": "Dodge", "model": "Ram Pickup 3500 Crew Cab", "year": 2010}),
+        ("087_Dodge_Ram_Pickup_3500_2010", {"make": "Dodge", "model": "Ram Pickup 3500", "year": 2010}),
         ("synthetic_blue_circle", {}),
         ("", {}),
     ],
