@@ -43,7 +43,7 @@ GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
 HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(p for p in pathlib.Path(sys.argv[2],c).iterdir() if p.suffix.lower() in {".jpg",".jpeg",".png",".webp",".bmp",".gif",".tif",".tiff"})[0])' $(RUN)/run.json $(DATA))
 
-.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query web browser demo test lint clean clean-runs bench
+.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query web browser kserve-bundle demo test lint clean clean-runs bench
 
 help:
 	@echo "make demo       the whole job offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop"
@@ -60,6 +60,7 @@ help:
 	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
 	@echo "make web        [GALLERY=... WEB_PORT=8000]: the search page and API (starts TorchServe if needed)"
+	@echo "make kserve-bundle RUN=DIR [KSERVE_OUT=deploy/kserve/bundle KSERVE_PROTOCOL=v1|v2]: KServe's storage layout"
 	@echo "make bench      CPU benchmarks (15 min on a busy 2-core machine): serving, cache, gallery search"
 	@echo "make lint       ruff"
 	@echo "make clean      remove generated data, caches, logs and archives (not runs, not galleries)"
@@ -129,6 +130,13 @@ web: $(STAMP) $(CLIENT_STAMP)
 	  $(PY) -m serve.server start --config serve/config.properties --log-dir logs $(if $(PORT),--port $(PORT)) || exit 2; started=1; fi; \
 	  trap '[ -n "$$started" ] && $(PY) -m serve.server stop >/dev/null' EXIT INT TERM; \
 	  $(CLIENT_PY) clients/web.py --gallery $(GALLERY) --url $(URL) --port $(WEB_PORT)
+
+# KServe storage bundle (docs/deploy.md): KSERVE_OUT/config/config.properties + KSERVE_OUT/model-store/cars.mar.
+# KSERVE_PROTOCOL=v2 for the open inference protocol (match protocolVersion in deploy/kserve/inferenceservice.yaml).
+KSERVE_OUT ?= deploy/kserve/bundle
+KSERVE_PROTOCOL ?= v1
+kserve-bundle: $(STAMP)
+	$(PY) -m serve.kserve --run $(RUN) --out $(KSERVE_OUT) --protocol $(KSERVE_PROTOCOL) $(if $(OVERWRITE),--overwrite)
 
 # Debian's chromium for the web page's browser test (root installs it; anyone else is told how).
 browser:

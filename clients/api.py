@@ -8,14 +8,24 @@ and turns every failure into a `ClientError` with one readable line. With token 
 It asks for the binary answer (`Accept: application/octet-stream`: float32 bytes, a sixth of the
 JSON's size and no float formatting on the server) and still reads JSON from a server that
 answers with it.
+
+A KServe predictor URL (docs/deploy.md) is recognised by its path and spoken to in its protocol:
+`.../v1/models/cars:predict` gets `{"instances": [{"data": "<base64>"}]}`, `.../v2/models/cars/infer`
+the open inference protocol's BYTES input; either answers with the handler's JSON object for the
+image, inside the envelope. The bearer token goes along as to TorchServe (CARS_API_KEY or `api_key`):
+on KServe the cluster's ingress checks it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -29,6 +39,38 @@ API_KEY_ENV = "CARS_API_KEY"
 RETRYABLE_STATUS = {502, 503, 504, 507}
 IMAGE_ERRORS = {400, 413, 415}  # the handler's verdicts on one image
 BINARY = "application/octet-stream"
+# KServe predictor paths: the v1 protocol and the open inference protocol (v2), any model name.
+KSERVE_PATHS = {
+    "kserve-v1": re.compile(r"/v1/models/[^/:]+:predict"),
+    "kserve-v2": re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer"),
+}
+
+
+def protocol_of(url: str) -> str:
+    """The protocol `url` speaks: "kserve-v1" or "kserve-v2" (a KServe predictor), else "torchserve"."""
+    path = urlsplit(url).path.rstrip("/")
+    return next((name for name, pattern in KSERVE_PATHS.items() if pattern.fullmatch(path)), "torchserve")
+
+
+def kserve_request(protocol: str, image: bytes) -> dict:
+    """The JSON body that asks a KServe predictor for the embedding of one image."""
+    encoded = base64.b64encode(image).decode()
+    if protocol == "kserve-v1":
+        return {"instances": [{"data": encoded}]}
+    return {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [encoded]}]}
+
+
+def kserve_answer(protocol: str, payload: object) -> dict:
+    """The handler's object for the one image of a KServe answer (an embedding or an error); {} if
+    the answer has none: v1 `{"predictions": [object]}`, v2 `{"outputs": [{"data": ["<object as JSON>"]}]}`."""
+    try:
+        if protocol == "kserve-v1":
+            answer = payload["predictions"][0]
+        else:
+            answer = json.loads(payload["outputs"][0]["data"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 class ClientError(UsageError):
@@ -54,8 +96,8 @@ class Embedding:
 
 
 class EmbeddingClient:
-    """Keep-alive connections to `/predictions/<model>`; safe to share between threads (a
-    requests.Session per thread, since Session itself is not guaranteed thread-safe)."""
+    """Keep-alive connections to `/predictions/<model>` or a KServe predictor URL; safe to share
+    between threads (a requests.Session per thread, since Session itself is not guaranteed thread-safe)."""
 
     def __init__(
         self,
@@ -66,6 +108,7 @@ class EmbeddingClient:
         api_key: str | None = None,
     ):
         self.url = url
+        self.protocol = protocol_of(url)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -82,9 +125,10 @@ class EmbeddingClient:
         return self._local.session
 
     def embed(self, image: bytes) -> Embedding:
+        body = {"data": image} if self.protocol == "torchserve" else {"json": kserve_request(self.protocol, image)}
         for attempt in range(self.retries + 1):
             try:
-                response = self.session.post(self.url, data=image, timeout=self.timeout)
+                response = self.session.post(self.url, timeout=self.timeout, **body)
             except requests.exceptions.InvalidURL as error:
                 raise ClientError(f"invalid server URL {self.url!r}: {error}") from None
             except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as error:
@@ -109,12 +153,22 @@ class EmbeddingClient:
             payload = {}
         if not isinstance(payload, dict):
             payload = {}
+        if response.status_code == 200 and self.protocol != "torchserve":
+            payload = kserve_answer(self.protocol, payload)  # per image, errors included: the request is 200
+            if "error" in payload:
+                status = payload.get("status")
+                raise ImageRejected(str(payload["error"]), status if isinstance(status, int) else 400)
         if response.status_code in IMAGE_ERRORS and "error" in payload:
             raise ImageRejected(payload["error"], response.status_code)
         if response.status_code == 413:  # over the frontend's max_request_size: no JSON from it
             raise ImageRejected("request body too large for the server (its max_request_size)", 413)
         if response.status_code == 401 or payload.get("type") == "InvalidKeyException":
             sent = "wrong or expired key" if self.api_key else "no key sent"
+            if self.protocol != "torchserve":
+                raise ClientError(
+                    f"the server at {self.url} requires a bearer token ({sent}): "
+                    f"set {API_KEY_ENV} or --api-key to the token its ingress accepts (docs/deploy.md)"
+                )
             raise ClientError(
                 f"the server at {self.url} requires its API key ({sent}): "
                 f"set {API_KEY_ENV} or --api-key to the inference key in the server's key_file.json"
