@@ -106,6 +106,9 @@ class TrainConfig:
         "runtime", "data-loading worker processes when training with --no-cache", 2, aliases=("--workers",)
     )
     cache_batch_size: int = option("runtime", "batch size while filling the encoder cache", 64)
+    skip_bad_images: bool = option(
+        "data", "leave out unreadable images (all are listed) instead of stopping before training", False
+    )
     # Which flags the user gave (not a setting): `validate` refuses those that would do nothing.
     user_set: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 

@@ -8,6 +8,7 @@ bring their own cars. Images stay on disk as paths until a loader reads them.
 from __future__ import annotations
 
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,35 @@ def load_image_list(root: str | Path, dataset: str = "imagefolder") -> ImageList
     return ImageList(tuple(str(p) for p, _ in samples), tuple(names[i] for _, i in samples))
 
 
+def find_unreadable(images: ImageList) -> list[tuple[str, str]]:
+    """(path, reason) of every image PIL cannot open and verify: all of them, before any work."""
+    bad = []
+    for path in images.paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as error:  # PIL raises many types for broken files
+            bad.append((path, f"{type(error).__name__}: {error}"))
+    return bad
+
+
+def drop_unreadable(images: ImageList, skip: bool) -> ImageList:
+    """Refuses a dataset with unreadable images, naming them all, unless `skip` drops them."""
+    bad = find_unreadable(images)
+    if not bad:
+        return images
+    listed = "; ".join(f"{path} ({reason[:80]})" for path, reason in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    if not skip:
+        raise UsageError(
+            f"{len(bad)} unreadable images: {listed}{more}; fix or remove them, or pass --skip-bad-images"
+        )
+    print(f"warning: skipping {len(bad)} unreadable images: {listed}{more}", file=sys.stderr)
+    keep = set(images.paths) - {path for path, _ in bad}
+    pairs = [(p, c) for p, c in zip(images.paths, images.classes, strict=True) if p in keep]
+    return ImageList(tuple(p for p, _ in pairs), tuple(c for _, c in pairs))
+
+
 def check_trainable(images: ImageList) -> None:
     """Triplet mining needs a positive for every anchor: at least 2 classes of >= 2 images."""
     counts: dict[str, int] = defaultdict(int)
@@ -137,8 +167,14 @@ def split_classes(class_names: list[str], holdout_fraction: float, seed: int, fo
     )
 
 
+MIN_VAL_PER_CLASS = 2  # a validation image needs a relevant partner, or R-precision is undefined (NaN)
+MIN_TRAIN_PER_CLASS = 2  # a triplet's anchor needs a positive
+
+
 def split_validation(images: ImageList, fraction: float, seed: int) -> tuple[ImageList, ImageList]:
-    """Moves `fraction` of each class's images to validation, leaving >= 2 per class to train on.
+    """Moves `fraction` of each class's images to validation: never one alone (at least
+    MIN_VAL_PER_CLASS, or none for that class), leaving >= MIN_TRAIN_PER_CLASS to train on.
+    A class of 4 to 14 photos thus gives 2, and one of fewer than 4 gives none.
 
     Validation uses unseen *images* of the training classes, never held-out classes: early
     stopping must not look at the classes whose retrieval quality we report.
@@ -153,9 +189,14 @@ def split_validation(images: ImageList, fraction: float, seed: int) -> tuple[Ima
     for name in sorted(by_class):
         paths = sorted(by_class[name])
         rng.shuffle(paths)
-        n_val = min(round(fraction * len(paths)), len(paths) - 2)
-        val += [(p, name) for p in paths[: max(n_val, 0)]]
-        train += [(p, name) for p in paths[max(n_val, 0) :]]
+        n_val = round(fraction * len(paths))
+        if 0 < n_val < MIN_VAL_PER_CLASS:
+            n_val = MIN_VAL_PER_CLASS
+        n_val = min(n_val, len(paths) - MIN_TRAIN_PER_CLASS)
+        if n_val < MIN_VAL_PER_CLASS:
+            n_val = 0
+        val += [(p, name) for p in paths[:n_val]]
+        train += [(p, name) for p in paths[n_val:]]
 
     def as_list(pairs: list[tuple[str, str]]) -> ImageList:
         return ImageList(tuple(p for p, _ in pairs), tuple(c for _, c in pairs))

@@ -44,7 +44,10 @@ from train.data import (
     ClassBalancedSampler,
     ClassSplit,
     ImageList,
+    MIN_TRAIN_PER_CLASS,
+    MIN_VAL_PER_CLASS,
     check_trainable,
+    drop_unreadable,
     load_image_list,
     make_loader,
     split_classes,
@@ -69,11 +72,17 @@ class Splits(NamedTuple):
 
 
 def prepare_splits(config: TrainConfig) -> Splits:
-    images = load_image_list(config.data, config.dataset)
+    images = drop_unreadable(load_image_list(config.data, config.dataset), config.skip_bad_images)
     classes = split_classes(images.class_names, config.holdout_fraction, config.seed, config.fold)
     train_images = images.only(set(classes.train))
     check_trainable(train_images)
     train, val = split_validation(train_images, config.val_fraction, config.seed)
+    if not val and config.val_fraction > 0:
+        print(
+            f"warning: no validation images (each class needs {MIN_VAL_PER_CLASS + MIN_TRAIN_PER_CLASS}+ photos to "
+            "give some): early stopping is off and the last epoch is kept",
+            file=sys.stderr,
+        )
     return Splits(images, classes, train, val)
 
 

@@ -118,11 +118,35 @@ def test_help_lists_every_flag_with_defaults():
         assert flag in result.stdout
 
 
-def test_corrupt_training_image_is_named(capsys, small_data, tmp_path):
-    broken = sorted(sorted(p for p in small_data.iterdir() if p.is_dir())[0].iterdir())[0]
-    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
-    argv = ["--data", str(small_data), "--holdout-fraction", "0", "--out", str(tmp_path / "run"), *FAST]
-    fails_with(capsys, train.main, argv, f"cannot read image {broken}")
+def test_corrupt_training_images_are_all_named_and_can_be_skipped(capsys, small_data, tmp_path):
+    folders = sorted(p for p in small_data.iterdir() if p.is_dir())
+    broken = [sorted(folder.iterdir())[0] for folder in folders[:2]]
+    for path in broken:
+        path.write_bytes(b"\xff\xd8\xff not a jpeg")
+    argv = ["--data", str(small_data), "--holdout-fraction", "0", "--run", str(tmp_path / "run"), *FAST]
+    fails_with(capsys, train.main, argv, "2 unreadable images: ")
+    assert run_cli(train.main, argv) == 2
+    err = capsys.readouterr().err
+    assert all(str(path) in err for path in broken) and "--skip-bad-images" in err  # every one, before any work
+    assert run_cli(train.main, [*argv, "--skip-bad-images"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: skipping 2 unreadable images" in captured.err
+    assert "trained on 4 classes / " in captured.out
+
+
+def test_small_classes_validate_on_two_images_or_none(small_data, tmp_path):
+    from train.data import load_image_list, split_validation
+
+    images = load_image_list(small_data)  # 4 classes x 6 images
+    train_part, val = split_validation(images, 0.1, seed=0)
+    assert len(val) == 8 and all(val.classes.count(c) == 2 for c in set(val.classes))  # never a lone image
+    tiny = images.only(set(images.class_names[:2]))
+    tiny = type(tiny)(tiny.paths[:3] + tiny.paths[6:9], tiny.classes[:3] + tiny.classes[6:9])  # 3 per class
+    assert len(split_validation(tiny, 0.5, seed=0)[1]) == 0
+    result = run_module(
+        "train.train", "--data", str(small_data), "--run", str(tmp_path / "run"), "--val-fraction", "0", *FAST
+    )
+    assert result.returncode == 0 and "no validation images" not in result.stderr  # asked for none: no warning
 
 
 @pytest.mark.parametrize(
@@ -191,3 +215,14 @@ def test_training_output_has_results_not_noise(small_data, tmp_path):
     for noise in ("GPU available", "TPU available", "HPU available", "v_num", "it/s]"):
         assert noise not in output, noise
     assert "Saved " in result.stdout and "model version" in result.stdout
+
+
+def test_without_validation_images_training_warns_and_keeps_the_last_epoch(tmp_path):
+    from train.synthetic import generate
+
+    data = generate(tmp_path / "three", colours=2, shapes=2, per_class=3, size=32)  # too few to validate
+    result = run_module("train.train", "--data", str(data), "--run", str(tmp_path / "run"), "--holdout-fraction", "0",
+                        *FAST)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: no validation images (each class needs 4+ photos" in result.stderr
+    assert "early stopping is off and the last epoch is kept" in result.stderr
