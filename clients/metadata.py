@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from clients.api import ClientError
+from core.labels import parse_label
 
 OPERATORS = ("<=", ">=", "!=", "=", "<", ">")  # longest first: "<=" before "<"
-# Makes of more than one word in Stanford Cars; any other make is the label's first word.
-MULTI_WORD_MAKES = ("AM General", "Aston Martin", "Land Rover", "Rolls-Royce", "Mercedes-Benz", "Ram C/V")
 FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED = ("id", "path", "label")  # set by the gallery itself; a sidecar may not override them
 
@@ -32,16 +31,6 @@ RESERVED = ("id", "path", "label")  # set by the gallery itself; a sidecar may n
 def row_id(path: str) -> str:
     """The stable id of the row of `path` (a UUID, as Qdrant requires)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, path))
-
-
-def parse_label(label: str) -> dict[str, Any]:
-    """make / model / year of a Stanford Cars style label; {} when it has no year at its end."""
-    words = re.sub(r"^\d+_", "", label).replace("_", " ").split()
-    if len(words) < 3 or not re.fullmatch(r"(19|20)\d\d", words[-1]):
-        return {}
-    text = " ".join(words[:-1])
-    make = next((m for m in MULTI_WORD_MAKES if text.startswith(m + " ")), words[0])
-    return {"make": make, "model": text[len(make) :].strip(), "year": int(words[-1])}
 
 
 def row_metadata(path: str, label: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

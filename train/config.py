@@ -17,7 +17,7 @@ from core.cli import add_common_flags, parse_args
 from core.encoders import check_backbone_and_weights
 from core.errors import UsageError
 from core.run import Run
-from train.data import DATASETS
+from train.data import DATASETS, SPLIT_BY
 
 LOSSES = ("triplet", "arcface", "softmax", "circle", "online_contrastive", "fast_ap")
 MINING = ("hard", "semi_hard", "all")
@@ -46,6 +46,12 @@ class TrainConfig:
         "data", "fraction of each training class's images used for validation and early stopping", 0.1
     )
     fold: int = option("data", "2 swaps training and held-out classes of the seeded split", 1, choices=(1, 2))
+    split_by: str = option(
+        "data",
+        "hold out random classes, or whole makes (every model of a make on one side: Stanford Cars style labels)",
+        "class",
+        choices=SPLIT_BY,
+    )
     seed: int = option("data", "seed for the class split, validation split and training", 42)
     # model
     backbone: str = option("model", "any torchvision classification model", "resnet152")

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import datasets
 
 from core.errors import UsageError, one_line
+from core.labels import make_of
 from core.preprocessing import load_image
 
 DATASETS = ("imagefolder", "stanford_cars")
@@ -141,12 +142,22 @@ class ClassSplit:
     holdout: tuple[str, ...]
 
 
-def split_classes(class_names: list[str], holdout_fraction: float, seed: int, fold: int = 1) -> ClassSplit:
+SPLIT_BY = ("class", "make")
+
+
+def split_classes(
+    class_names: list[str], holdout_fraction: float, seed: int, fold: int = 1, split_by: str = "class"
+) -> ClassSplit:
     """Picks round(fraction * n) classes at random with a fixed seed: deterministic, disjoint.
 
-    Fold 2 swaps the roles: it trains on fold 1's held-out classes and holds out its training
-    classes, so two runs measure every class once as unseen.
+    `split_by="make"` keeps every model of a make on the same side (makes are drawn whole, in a
+    seeded order, until the held-out side has about round(fraction * n) classes), so held-out
+    classes are as unseen as a new make is; with classes of one make family on both sides, a
+    "held-out" score flatters the model. Fold 2 swaps the roles: it trains on fold 1's held-out
+    classes and holds out its training classes, so two runs measure every class once as unseen.
     """
+    if split_by not in SPLIT_BY:
+        raise UsageError(f"Unknown --split-by {split_by!r}. Choose one of: {', '.join(SPLIT_BY)}")
     if fold not in (1, 2):
         raise UsageError(f"--fold must be 1 or 2, got {fold}")
     if not 0.0 <= holdout_fraction < 1.0:
@@ -157,7 +168,12 @@ def split_classes(class_names: list[str], holdout_fraction: float, seed: int, fo
         raise UsageError(f"--holdout-fraction {holdout_fraction} of {len(names)} classes holds out none")
     if len(names) - count < 2:
         raise UsageError(f"holding out {count} of {len(names)} classes leaves fewer than 2 to train on")
-    holdout = set(random.Random(seed).sample(names, count))
+    if split_by == "make":
+        holdout = _whole_makes(names, count, seed)
+        if len(names) - len(holdout) < 2 or (count and not holdout):
+            raise UsageError(f"--split-by make cannot hold out about {count} of {len(names)} classes by whole makes")
+    else:
+        holdout = set(random.Random(seed).sample(names, count))
     if fold == 2:
         if count == 0:
             raise UsageError("--fold 2 swaps training and held-out classes: it needs --holdout-fraction > 0")
@@ -169,6 +185,22 @@ def split_classes(class_names: list[str], holdout_fraction: float, seed: int, fo
 
 MIN_VAL_PER_CLASS = 2  # a validation image needs a relevant partner, or R-precision is undefined (NaN)
 MIN_TRAIN_PER_CLASS = 2  # a triplet's anchor needs a positive
+
+
+def _whole_makes(names: list[str], count: int, seed: int) -> set[str]:
+    """The classes of whole makes whose number is closest to `count` (a subset sum over makes,
+    visited in a seeded order, so the seed picks among equally good splits)."""
+    by_make: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        by_make[make_of(name)].append(name)
+    makes = sorted(by_make)
+    random.Random(seed).shuffle(makes)
+    reachable: dict[int, list[str]] = {0: []}  # number of classes -> the first set of makes giving it
+    for make in makes:
+        for total, chosen in list(reachable.items()):
+            reachable.setdefault(total + len(by_make[make]), [*chosen, make])
+    best = min(reachable, key=lambda total: (abs(total - count), total))
+    return {name for make in reachable[best] for name in by_make[make]}
 
 
 def split_validation(images: ImageList, fraction: float, seed: int) -> tuple[ImageList, ImageList]:

@@ -73,7 +73,7 @@ class Splits(NamedTuple):
 
 def prepare_splits(config: TrainConfig) -> Splits:
     images = drop_unreadable(load_image_list(config.data, config.dataset), config.skip_bad_images)
-    classes = split_classes(images.class_names, config.holdout_fraction, config.seed, config.fold)
+    classes = split_classes(images.class_names, config.holdout_fraction, config.seed, config.fold, config.split_by)
     train_images = images.only(set(classes.train))
     check_trainable(train_images)
     train, val = split_validation(train_images, config.val_fraction, config.seed)

@@ -7,6 +7,7 @@ from PIL import Image
 
 from train.data import CarsDataset, check_trainable, load_image_list, split_classes, split_validation
 from core.errors import UsageError
+from tests.conftest import CARS_DEV, needs_shared
 
 
 def test_split_is_disjoint_deterministic_and_seeded():
@@ -105,3 +106,28 @@ def test_dataset_yields_pil_images_with_group_ids(small_data):
     sample = CarsDataset(images, ids)[0]
     assert isinstance(sample.obj, Image.Image) and sample.obj.mode == "RGB"
     assert sample.group == ids[images.classes[0]]
+
+
+def test_split_by_make_keeps_every_model_of_a_make_on_one_side():
+    from core.labels import make_of
+
+    names = [f"{i:03d}_{make}_Model{i}_Sedan_20{10 + i % 3}" for i, make in enumerate(
+        ["Audi"] * 5 + ["BMW"] * 4 + ["Dodge"] * 3 + ["Aston_Martin"] * 2 + ["Eagle"] * 2)]  # fmt: skip
+    for fold in (1, 2):
+        split = split_classes(names, 0.5, seed=3, fold=fold, split_by="make")
+        assert not {make_of(n) for n in split.train} & {make_of(n) for n in split.holdout}
+        assert len(split.holdout) == 8 and set(split.train) | set(split.holdout) == set(names)
+    assert split_classes(names, 0.5, 3, 1, "make") == split_classes(names, 0.5, 3, 1, "make")  # fixed by the seed
+    with pytest.raises(UsageError, match="Unknown --split-by 'model'"):
+        split_classes(names, 0.5, 3, 1, "model")
+
+
+@needs_shared
+def test_the_dev_classes_split_by_make_into_two_folds_of_49():
+    from core.labels import make_of
+
+    names = sorted(p.name for p in CARS_DEV.iterdir() if p.is_dir())
+    for fold in (1, 2):
+        split = split_classes(names, 0.5, seed=42, fold=fold, split_by="make")
+        assert len(split.train) == len(split.holdout) == 49
+        assert not {make_of(n) for n in split.train} & {make_of(n) for n in split.holdout}
