@@ -1,16 +1,16 @@
-"""Optional Qdrant gallery store, for galleries beyond one machine's memory.
+"""Optional Qdrant server gallery store, for galleries beyond one machine's memory.
 
-    qdrant:///abs/dir?collection=cars  or  qdrant://rel/dir   embedded (local files, no server)
-    qdrant+http://host:6333/cars                                   a Qdrant server
+    qdrant+http://host:6333/cars  or  qdrant+https://host/cars   a Qdrant server
 
 The `clients.store.GalleryStore` interface over qdrant-client. Every point carries path, label and model version;
 ids are derived from the path, so re-adding an image overwrites it instead of duplicating it.
-Needs `pip install -r requirements/client-qdrant.txt`.
+Embedded galleries (qdrant://DIR) are Qdrant Edge: `clients.edge_store.EdgeGallery`, which
+`clients.store.open_store` picks for them. Needs `pip install -r requirements/client-qdrant.txt`.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -26,12 +26,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 def _parse(store: str) -> tuple[dict, str]:
     url = urlparse(store)
-    if url.scheme == "qdrant":
-        path = url.netloc + url.path
-        if not path:
-            raise ClientError(f"{store} names no directory: use qdrant://DIR (e.g. qdrant://galleries/cars)")
-        collection = parse_qs(url.query).get("collection", ["cars"])[0]
-        return {"path": path}, collection
+    if url.scheme not in ("qdrant+http", "qdrant+https"):
+        raise ClientError(f"{store}: a Qdrant server is qdrant+http(s)://HOST:PORT/NAME (qdrant://DIR is Qdrant Edge)")
     collection = url.path.strip("/") or "cars"
     return {"url": f"{url.scheme.removeprefix('qdrant+')}://{url.netloc}"}, collection
 
@@ -50,7 +46,7 @@ class QdrantGallery:
             return cls._open(QdrantClient(**location), store, collection, create, fresh)
         except ClientError:
             raise
-        except Exception as error:  # server down, embedded directory locked by another process...
+        except Exception as error:  # server down, collection of another shape...
             raise ClientError(f"cannot open Qdrant gallery {store}: {type(error).__name__}: {error}") from None
 
     @classmethod

@@ -1,8 +1,10 @@
 """The gallery store interface, and `open_store`, which picks the store a location names.
 
-    galleries/gallery.npz                                   `clients.gallery.Gallery`: one local file,
-                                                            exact search (the default)
-    qdrant://DIR?collection=NAME | qdrant+http://HOST/NAME  `clients.qdrant_store.QdrantGallery`
+    galleries/gallery.npz           `clients.gallery.Gallery`: one local file, exact search (the default)
+    qdrant://DIR?collection=NAME    `clients.edge_store.EdgeGallery`: Qdrant Edge, the Qdrant engine in
+                                    this process (HNSW, payload indexes, files under DIR/NAME; no server)
+    qdrant+http(s)://HOST:PORT/NAME `clients.qdrant_store.QdrantGallery`: a Qdrant server, through
+                                    qdrant-client
 
 Every store keeps, per row, an embedding with its image path, label and metadata
 (clients/metadata.py), filters by it, refuses embeddings of
@@ -74,11 +76,17 @@ def is_qdrant(store: str) -> bool:
 
 
 def open_store(store: str, create: tuple[str, int] | None = None, fresh: bool = False) -> GalleryStore:
-    """The gallery at `store`: a .npz path, or a Qdrant location.
+    """The gallery at `store`: a .npz path, qdrant://DIR (embedded Qdrant Edge) or
+    qdrant+http(s)://HOST/NAME (a Qdrant server).
 
     `create=(model_version, dim)` makes an empty gallery when there is none yet (or, with
-    `fresh`, replaces it: a file only when first written, so a killed rebuild keeps the old one).
+    `fresh`, replaces it: a file only when first written, so a killed rebuild keeps the old one; a
+    Qdrant gallery at once).
     """
+    if store.startswith("qdrant://"):
+        from clients.edge_store import EdgeGallery  # needs the optional qdrant-edge-py
+
+        return EdgeGallery.open(store, create, fresh)
     if is_qdrant(store):
         from clients.qdrant_store import QdrantGallery  # needs the optional qdrant-client
 

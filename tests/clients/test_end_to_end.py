@@ -128,6 +128,7 @@ def test_another_model_version_is_refused(server, images, gallery, tmp_path):
 def test_qdrant_embedded_store_returns_the_same_top_k(server, images, gallery, tmp_path):
     store = f"qdrant://{tmp_path / 'qdrant'}?collection=cars"
     assert build(server, images, store)["total"] == 30
+    assert (tmp_path / "qdrant" / "cars" / "shard" / "edge_config.json").is_file()  # a Qdrant Edge shard
     assert build(server, images, store)["added"] == 0  # resumable there too
     image = sorted((images / "synthetic_blue_square").iterdir())[2]
     from_file = json.loads(query(server, image, gallery, "--json").stdout)["results"]

@@ -1,0 +1,271 @@
+"""Checks of the Qdrant Edge store (clients/edge_store.py) against the .npz store and the reference
+filter semantics (`clients.metadata.matches`). Plain functions `check_*(tmp: Path)`, no pytest:
+tests/clients/test_edge_store.py runs them in process where qdrant-edge-py is installed, and this
+file as a script under the thin client venv (which has qdrant-edge-py but no pytest):
+
+    .venv-client/bin/python tests/clients/edge_checks.py [NAME ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from clients.api import ClientError
+from clients.gallery import Gallery
+from clients.metadata import matches, parse_where
+from clients.store import open_store
+
+MAKES = ("Audi", "BMW", "Volvo", "Land Rover")
+CONDITIONS = [
+    ["make=Audi"], ["year>=2010"], ["make!=BMW"], ["price<20000"], ["price>=20000"], ["price!=15000"],
+    ["price=15000"], ["year=2010"], ["year!=2010"], ["year>2010", "make!=Volvo"], ["make=Land Rover"],
+    ["model=A4 Sedan"], ["label=Volvo XC90 SUV 2007"], ["make=Audi", "price<20000", "year<=2011"],
+    ["flag=True"], ["flag!=True"], ["colour=red"], ["colour!=red"], ["tags=['a', 'b']"], ["year<2009.5"],
+    ["year<=2009.5"], ["make=Tesla"], ["price>1e9"],
+]  # fmt: skip
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def rows_metadata(n: int) -> tuple[list[str], list[str], list[dict]]:
+    """Paths, Stanford Cars style labels and sidecar attributes, some missing or of odd types."""
+    paths = [f"/cars/{i:04d}.jpg" for i in range(n)]
+    labels, extra = [], []
+    for i in range(n):
+        make = MAKES[i % len(MAKES)]
+        model = {"Audi": "A4 Sedan", "BMW": "X5 SUV", "Volvo": "XC90 SUV", "Land Rover": "Defender SUV"}[make]
+        labels.append(f"{i % 196:03d}_{make} {model} {2005 + i % 9}")
+        attributes: dict = {}
+        if i % 3:
+            attributes["price"] = 5000 * (i % 7) + (0.5 if i % 11 == 0 else 0)  # ints and floats
+        if i % 5 == 0:
+            attributes["colour"] = "red" if i % 10 == 0 else "blue"
+        if i % 13 == 0:
+            attributes["flag"] = True  # a JSON sidecar can hold bools and lists
+        if i % 17 == 0:
+            attributes["tags"] = ["a", "b"]
+        if i % 19 == 0:
+            attributes["year"] = 2009.5  # a sidecar overriding the label's year with a float
+        if i % 23 == 0:
+            attributes["price"] = "unknown"  # text where other rows have numbers
+        extra.append(attributes)
+    return paths, labels, extra
+
+
+@contextmanager
+def indexing_threshold(kb: int | None):
+    """Makes Edge build its HNSW graph for every segment past `kb` (1: even tiny ones)."""
+    from clients import edge_store
+
+    before = edge_store.INDEXING_THRESHOLD_KB
+    edge_store.INDEXING_THRESHOLD_KB = kb
+    try:
+        yield
+    finally:
+        edge_store.INDEXING_THRESHOLD_KB = before
+
+
+def build(tmp: Path, n: int = 300, dim: int = 32, hnsw: bool = False, options: str = "", name: str = "g"):
+    """The same rows in an Edge gallery and an .npz gallery."""
+    vectors = unit_rows(n, dim)
+    paths, labels, extra = rows_metadata(n)
+    reference = Gallery("v1", dim)
+    reference.add(vectors, paths, labels, extra)
+    location = f"qdrant://{tmp / name}{options}"
+    with indexing_threshold(1 if hnsw else None):
+        store = open_store(location, create=("v1", dim))
+        for start in range(0, n, 128):  # as a build adds: in checkpoints
+            stop = start + 128
+            store.add(vectors[start:stop], paths[start:stop], labels[start:stop], extra[start:stop])
+    return store, reference, vectors, location
+
+
+def one_line_error(work, *fragments: str) -> str:
+    try:
+        work()
+    except ClientError as error:
+        message = str(error)
+        assert "\n" not in message, message
+        for fragment in fragments:
+            assert fragment in message, message
+        return message
+    raise AssertionError(f"no ClientError (expected {fragments})")
+
+
+def assert_same_top_k(store, reference: Gallery, queries: np.ndarray, k: int = 10, recall: float = 1.0) -> None:
+    found = total = 0
+    for query in queries:
+        got, want = store.search(query, k), reference.search(query, k)
+        assert len(got) == len(want) == k
+        wanted = {h.path: h.score for h in want}
+        found += len(set(h.path for h in got) & set(wanted))
+        total += k
+        if recall == 1.0:
+            assert [h.path for h in got] == [h.path for h in want], ([h.path for h in got], [h.path for h in want])
+        exact = {h.path: float(reference.embeddings[reference.paths.index(h.path)] @ query) for h in got}
+        for hit in got:  # returned scores are exact cosine, whatever the index
+            assert abs(hit.score - exact[hit.path]) < 1e-3, (hit.score, exact[hit.path])
+            if hit.path in wanted:
+                assert abs(hit.score - wanted[hit.path]) < 1e-3
+    assert found / total >= recall, f"recall@{k} {found / total:.3f} < {recall}"
+
+
+def check_plain_segment_top_k_equals_exact(tmp: Path) -> None:
+    store, reference, vectors, _ = build(tmp)
+    assert len(store) == 300 and store.dim == 32 and store.model_version == "v1"
+    assert store.shard.info().indexed_vectors_count == 0  # small: Edge scans it (exact)
+    queries = unit_rows(20, 32, seed=1)
+    assert_same_top_k(store, reference, queries)
+    assert store.search(vectors[7], 1)[0].path == "/cars/0007.jpg"
+    assert len(store.search(queries[0], 1000)) == 300 and store.search(queries[0], 0) == []
+
+
+def check_hnsw_top_k_equals_exact(tmp: Path) -> None:
+    store, reference, _, _ = build(tmp, hnsw=True)
+    assert store.shard.info().indexed_vectors_count == 300  # the HNSW graph was built
+    assert_same_top_k(store, reference, unit_rows(20, 32, seed=1))
+
+
+def check_int8_quantization_keeps_exact_scores(tmp: Path) -> None:
+    store, reference, _, location = build(tmp, hnsw=True, options="?quantization=int8")
+    assert store.quantization == "int8"
+    # int8 codes pick the candidates, float32 rescoring orders them: near-ties may swap in or out.
+    assert_same_top_k(store, reference, unit_rows(20, 32, seed=1), recall=0.95)
+    store.close()
+    one_line_error(lambda: open_store(location.replace("int8", "none")), "built with quantization=int8")
+    assert open_store(location.split("?")[0]).quantization == "int8"
+
+
+def check_filters_match_the_reference(tmp: Path) -> None:
+    for hnsw in (False, True):
+        store, reference, vectors, _ = build(tmp, hnsw=hnsw, name=f"g{hnsw}")
+        query = unit_rows(1, 32, seed=2)[0]
+        for texts in CONDITIONS:
+            where = tuple(parse_where(t) for t in texts)
+            expected = {reference.paths[i] for i in np.flatnonzero(reference.mask(where))}
+            assert expected == {row["path"] for row in reference.rows if matches(row, where)}, texts
+            got = store.search(query, 1000, where)
+            assert {h.path for h in got} == expected, (hnsw, texts, sorted({h.path for h in got} ^ expected))
+            assert all(matches(h.metadata, where) for h in got)
+            top = [h.path for h in store.search(query, 10, where)]
+            assert top == [h.path for h in reference.search(query, 10, where)], (hnsw, texts)
+        store.close()
+
+
+def check_reopened_gallery_answers_the_same(tmp: Path) -> None:
+    store, _, _, location = build(tmp, hnsw=True)
+    queries = unit_rows(5, 32, seed=3)
+    where = (parse_where("make!=BMW"), parse_where("year>=2008"))
+    before = [store.search(q, 10, where) for q in queries]
+    paths = store.known_paths()
+    store.close()
+    again = open_store(location)
+    assert (len(again), again.model_version, again.dim) == (300, "v1", 32)
+    assert again.known_paths() == paths and len(paths) == 300
+    assert [again.search(q, 10, where) for q in queries] == before
+    assert again.search_many(queries, 10, where) == before
+
+
+def check_another_model_version_is_refused(tmp: Path) -> None:
+    store, _, _, location = build(tmp)
+    store.check_version("v1", "server")
+    one_line_error(lambda: store.check_version("v2", "server"), "serves model v2", "built with v1")
+    store.close()
+    one_line_error(lambda: open_store(location, create=("v2", 32)).check_version("v2", "server"), "built with v1")
+    empty = open_store(f"qdrant://{tmp / 'empty'}", create=("v1", 32))
+    empty.check_version("v2", "server")  # nothing added yet: a killed first build may change model
+    empty.close()
+    assert open_store(f"qdrant://{tmp / 'empty'}").model_version == "v2"
+
+
+def check_re_added_path_replaces_its_row(tmp: Path) -> None:
+    store, _, vectors, _ = build(tmp)
+    row_id = store.search(vectors[5], 1)[0].id
+    store.add(vectors[[6, 7]], ["/cars/0005.jpg", "/cars/0123.jpg"], ["BMW X5 SUV 2012", "Volvo XC90 SUV 2007"])
+    assert len(store) == 300
+    assert store.get(row_id)["label"] == "BMW X5 SUV 2012" and store.get(row_id)["make"] == "BMW"
+    assert "price" not in store.get(row_id)  # replaced, not merged
+    assert [h.path for h in store.search(vectors[6], 2)] in (
+        ["/cars/0005.jpg", "/cars/0006.jpg"], ["/cars/0006.jpg", "/cars/0005.jpg"]
+    )  # fmt: skip
+
+
+def check_get_by_id(tmp: Path) -> None:
+    store, reference, vectors, _ = build(tmp)
+    for i in (0, 13, 17, 19, 23, 299):  # plain rows and rows with bools, lists, floats, text prices
+        hit = store.search(vectors[i], 1)[0]
+        assert hit.metadata == reference.rows[i] and store.get(hit.id) == reference.rows[i]
+        assert store.get(hit.id) == reference.get(hit.id)
+    assert store.get("not-a-uuid") is None and store.get(str(uuid.uuid4())) is None
+
+
+def check_bad_locations_are_one_line_errors(tmp: Path) -> None:
+    os.chdir(tmp)
+    one_line_error(lambda: open_store("qdrant://", create=("v1", 4)), "names no directory")
+    one_line_error(lambda: open_store("qdrant://?collection=cars", create=("v1", 4)), "names no directory")
+    one_line_error(lambda: open_store("qdrant://g?collection=../x", create=("v1", 4)), "must be a plain name")
+    one_line_error(lambda: open_store("qdrant://g?colection=x", create=("v1", 4)), "unknown option 'colection'")
+    one_line_error(lambda: open_store("qdrant://g?quantization=int4", create=("v1", 4)), "quantization must be")
+    assert list(tmp.iterdir()) == []  # nothing was created for a refused location
+    one_line_error(lambda: open_store("qdrant://missing"), "no gallery at qdrant://missing")
+    (tmp / "file").write_text("x")
+    one_line_error(lambda: open_store("qdrant://file", create=("v1", 4)), "is a file")
+    store = open_store("qdrant://g", create=("v1", 4))
+    assert (tmp / "g" / "cars" / "gallery.json").is_file() and (tmp / "g" / "cars" / "shard").is_dir()
+    one_line_error(lambda: open_store("qdrant://g"), "cannot open", "open elsewhere")  # Edge's lock
+    one_line_error(lambda: store.add(np.ones((1, 5)), ["/a.jpg"], ["x"]), "vectors of dimension 5", "holds 4")
+    one_line_error(lambda: store.search(np.ones(3), 1), "cannot search qdrant://g", "dimension")
+    store.close()
+    (tmp / "g" / "cars" / "gallery.json").write_text("{not json")
+    one_line_error(lambda: open_store("qdrant://g"), "is not readable")
+
+
+def check_fresh_replaces_and_other_schemes_route(tmp: Path) -> None:
+    store, _, _, location = build(tmp)
+    one_line_error(lambda: open_store(location, create=("v3", 8), fresh=True), "open elsewhere")
+    assert len(store) == 300  # a gallery open elsewhere is not removed under its user
+    store.close()
+    fresh = open_store(location, create=("v3", 8), fresh=True)
+    assert (len(fresh), fresh.model_version, fresh.dim) == (0, "v3", 8)
+    assert type(fresh).__name__ == "EdgeGallery"
+    assert json.loads((tmp / "g" / "cars" / "gallery.json").read_text())["model_version"] == "v3"
+    fresh.close()
+    # qdrant+http(s):// is a server, through qdrant-client: nothing listens on port 9.
+    one_line_error(lambda: open_store("qdrant+http://127.0.0.1:9/cars"), "cannot open Qdrant gallery")
+
+
+CHECKS = {name: function for name, function in sorted(globals().items()) if name.startswith("check_")}
+
+
+def main(names: list[str]) -> int:
+    """Runs the checks named (all by default), each in a fresh temporary directory."""
+    failed = 0
+    for name in names or list(CHECKS):
+        with tempfile.TemporaryDirectory() as tmp:
+            cwd = os.getcwd()
+            try:
+                CHECKS[name](Path(tmp))
+                print(f"ok   {name}", flush=True)
+            except Exception as error:  # report every check, then fail
+                failed += 1
+                print(f"FAIL {name}: {type(error).__name__}: {error}", flush=True)
+            finally:
+                os.chdir(cwd)
+    print(f"{len(names or CHECKS) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
