@@ -176,7 +176,9 @@ def make_trainer(config: TrainConfig, callbacks: list[pl.Callback]) -> pl.Traine
         max_epochs=config.epochs,
         callbacks=[*callbacks, ProgressBar(refresh_rate=1)] if bar else callbacks,
         enable_progress_bar=bar,
-        logger=CSVLogger(config.run, name="training_log", version=""),
+        # A resumed run logs beside the first part's metrics.csv instead of deleting it.
+        logger=CSVLogger(config.run, name="training_log", version="resumed" if config.resume else ""),
+        enable_checkpointing=False,  # ours (SaveLastEpoch) is the one checkpoint; Lightning's would be a second copy
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
@@ -210,6 +212,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Trains as `config` says and writes the run; returns its run.json."""
     checkpoints = RunCheckpoints(config)
     resume_from = checkpoints.resume_from()
+    if resume_from:
+        print(f"Resuming from {resume_from}", file=sys.stderr)
     quiet_library_logs()
     splits = prepare_splits(config)
     class_ids = {name: i for i, name in enumerate(splits.classes.train)}

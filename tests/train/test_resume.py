@@ -45,4 +45,6 @@ def test_a_killed_training_resumes_from_its_last_epoch(small_data: Path, tmp_pat
     run = json.loads((out / "run.json").read_text())
     assert run["metrics"]["resumed"] is True and run["metrics"]["best_epoch"] is not None
     assert not (out / "checkpoints").exists()  # a finished run keeps no checkpoints
-    assert "Restoring states from the checkpoint" in resumed.stderr or "Restored all states" in resumed.stderr
+    assert f"Resuming from {checkpoint}" in resumed.stderr
+    assert (out / "training_log" / "metrics.csv").is_file()  # the first part's log is kept beside the resumed one
+    assert (out / "training_log" / "resumed" / "metrics.csv").is_file()
