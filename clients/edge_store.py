@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from clients.api import ClientError
-from clients.metadata import Condition, row_metadata
+from clients.metadata import Condition, payload_clauses, row_metadata
 from clients.store import Hit, version_mismatch
 from core.files import write_json_atomic
 
@@ -323,14 +323,11 @@ def to_filter(where: tuple[Condition, ...]):
     condition an exact keyword match, `!=` a must_not (so a row without the field passes it)."""
     if not where:
         return None
-    must, must_not = [], []
-    for c in where:
-        if c.numeric and c.op in ("=", "!="):
-            condition = edge.FieldCondition(key=c.field, range=edge.RangeFloat(gte=c.value, lte=c.value))
-        elif c.numeric:
-            bound = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}[c.op]
-            condition = edge.FieldCondition(key=c.field, range=edge.RangeFloat(**{bound: c.value}))
-        else:
-            condition = edge.FieldCondition(key=c.field, match=edge.MatchValue(c.value))
-        (must_not if c.op == "!=" else must).append(condition)
-    return edge.Filter(must=must or None, must_not=must_not or None)
+
+    def condition(clause):
+        if clause.range is not None:
+            return edge.FieldCondition(key=clause.field, range=edge.RangeFloat(**clause.range))
+        return edge.FieldCondition(key=clause.field, match=edge.MatchValue(clause.match))
+
+    must, must_not = payload_clauses(where)
+    return edge.Filter(must=[condition(c) for c in must] or None, must_not=[condition(c) for c in must_not] or None)

@@ -128,6 +128,31 @@ def _compare(actual: Any, condition: Condition) -> bool:
     }[condition.op]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Clause:
+    """One condition of a Qdrant payload filter: a numeric `range` (bounds by name) or a text `match`."""
+
+    field: str
+    range: dict[str, float] | None = None
+    match: str | None = None
+
+
+def payload_clauses(where: tuple[Condition, ...]) -> tuple[list[Clause], list[Clause]]:
+    """(must, must_not) of a Qdrant payload filter with `matches`' semantics, for both Qdrant stores
+    to build with their own client's classes: a number condition is a range (`=` the range [v, v]),
+    a text one an exact keyword match, `!=` a must_not (so a row without the field passes it)."""
+    must, must_not = [], []
+    for c in where:
+        if c.numeric:
+            bounds = {"=": ("gte", "lte"), "!=": ("gte", "lte"), "<": ("lt",), "<=": ("lte",), ">": ("gt",),
+                      ">=": ("gte",)}[c.op]  # fmt: skip
+            clause = Clause(c.field, range={bound: c.value for bound in bounds})
+        else:
+            clause = Clause(c.field, match=c.value)
+        (must_not if c.op == "!=" else must).append(clause)
+    return must, must_not
+
+
 def matches(metadata: dict[str, Any], conditions: list[Condition] | tuple[Condition, ...]) -> bool:
     """Whether a row passes every condition (the reference every store must agree with)."""
     return all(_compare(metadata.get(c.field), c) for c in conditions)

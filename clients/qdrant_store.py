@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from clients.api import ClientError
-from clients.metadata import Condition, row_metadata
+from clients.metadata import Condition, payload_clauses, row_metadata
 from clients.store import Hit, version_mismatch
 
 try:
@@ -122,14 +122,11 @@ def to_filter(where: tuple[Condition, ...]):
     must_not (a row without the field passes), ranges need the field."""
     if not where:
         return None
-    must, must_not = [], []
-    for c in where:
-        if c.numeric and c.op in ("=", "!="):
-            condition = models.FieldCondition(key=c.field, range=models.Range(gte=c.value, lte=c.value))
-        elif c.numeric:
-            bound = {"<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}[c.op]
-            condition = models.FieldCondition(key=c.field, range=models.Range(**{bound: c.value}))
-        else:
-            condition = models.FieldCondition(key=c.field, match=models.MatchValue(value=c.value))
-        (must_not if c.op == "!=" else must).append(condition)
-    return models.Filter(must=must or None, must_not=must_not or None)
+
+    def condition(clause):
+        if clause.range is not None:
+            return models.FieldCondition(key=clause.field, range=models.Range(**clause.range))
+        return models.FieldCondition(key=clause.field, match=models.MatchValue(value=clause.match))
+
+    must, must_not = payload_clauses(where)
+    return models.Filter(must=[condition(c) for c in must] or None, must_not=[condition(c) for c in must_not] or None)

@@ -82,3 +82,12 @@ def test_the_file_store_mask_agrees_with_the_reference_semantics():
         assert list(np.flatnonzero(gallery.mask(conditions))) == expected, filters
         hits = gallery.search(np.ones(4, dtype=np.float32) / 2, top_k=300, where=conditions)
         assert sorted(hit.path for hit in hits) == sorted(paths[i] for i in expected), filters
+
+
+def test_payload_clauses_for_the_qdrant_stores():
+    from clients.metadata import Clause, payload_clauses
+
+    must, must_not = payload_clauses(tuple(parse_where(w) for w in ["make=Audi", "year>=2010", "price=5", "make!=BMW"]))
+    assert must == [Clause("make", match="Audi"), Clause("year", range={"gte": 2010.0}),
+                    Clause("price", range={"gte": 5.0, "lte": 5.0})]  # fmt: skip
+    assert must_not == [Clause("make", match="BMW")]
