@@ -43,6 +43,7 @@ class Gallery:
     rows: list[dict[str, Any]] = field(default_factory=list)  # per-row metadata (row_metadata)
     _index: ProjectedIndex | None = field(default=None, init=False, repr=False, compare=False)
     _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _by_id: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.embeddings is None:
@@ -71,7 +72,7 @@ class Gallery:
         self.paths += [paths[i] for i in new]
         self.labels += [labels[i] for i in new]
         self.rows += [row_metadata(paths[i], labels[i], extra[i]) for i in new]
-        self._index, self._columns = None, {}
+        self._index, self._columns, self._by_id = None, {}, None
         if self.path is not None:
             self.save(self.path)
 
@@ -84,7 +85,9 @@ class Gallery:
 
     def get(self, row_id: str) -> dict[str, Any] | None:
         """The metadata of the row with this id (what the web page's thumbnails are served from)."""
-        return next((row for row in self.rows if row["id"] == row_id), None)
+        if self._by_id is None:  # built once per gallery version: thumbnails ask for rows one by one
+            self._by_id = {row["id"]: row for row in self.rows}
+        return self._by_id.get(row_id)
 
     def search(
         self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), approximate: bool = False

@@ -9,13 +9,12 @@ results, not bar redraws.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from importlib import metadata
-from pathlib import Path
 
-from core.run import RUN_FILE
+from core.errors import UsageError
+from core.run import Run
 
 PROJECT = "car-similarity"
 
@@ -50,11 +49,11 @@ def _value_after(argv: list[str], names: tuple[str, ...]) -> str | None:
 def version_text(argv: list[str]) -> str:
     text = f"{PROJECT} {project_version()}"
     run = _value_after(argv, ("--run", "--out"))
-    if run and (Path(run) / RUN_FILE).is_file():
+    if run and Run.exists(run):
         try:
-            text += f"; model {json.loads((Path(run) / RUN_FILE).read_text())['model_version'][:12]} ({run})"
-        except (OSError, ValueError, KeyError, TypeError):
-            text += f"; {run}/{RUN_FILE} is unreadable"
+            text += f"; model {Run.open(run).model_version[:12]} ({run})"
+        except UsageError as error:
+            text += f"; {error}"
     return text
 
 
@@ -67,6 +66,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     args = parser.parse_args(argv)
     show_progress(not getattr(args, "quiet", False))
     return args
+
+
+def progress_shown() -> bool:
+    """Whether progress bars show in this process (what `show_progress` decided)."""
+    return os.environ.get("TQDM_DISABLE") != "1"
 
 
 def show_progress(wanted: bool = True) -> bool:

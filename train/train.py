@@ -11,7 +11,6 @@ trains, RUN_DIR/checkpoints/ holds the last epoch: `--resume` continues an inter
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -30,6 +29,7 @@ from quaterion import Quaterion
 from quaterion.train.xbm import XbmConfig
 from torch.utils.data import Dataset
 
+from core.cli import progress_shown
 from core.encoders import weights_identity
 from core.errors import UsageError, run_cli
 from core.preprocessing import Preprocessing, training_augmentation
@@ -169,7 +169,7 @@ def make_trainer(config: TrainConfig, callbacks: list[pl.Callback]) -> pl.Traine
     """Lightning on the GPU when there is one; per-epoch metrics to RUN_DIR/training_log/metrics.csv;
     the last epoch checkpointed to RUN_DIR/checkpoints/ (for --resume) by a callback in `callbacks`;
     a progress bar only on a terminal (see core.cli.show_progress)."""
-    bar = os.environ.get("TQDM_DISABLE") != "1"
+    bar = progress_shown()
     return pl.Trainer(
         accelerator="auto",
         devices=1,
