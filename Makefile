@@ -24,13 +24,15 @@ DATA       ?= data/synthetic
 SYNTHETIC  := $(filter data/synthetic,$(DATA))
 DATASET    ?=
 RUN        ?= runs/latest
+# The synthetic demo's random-weights network has nothing pretrained to fine-tune: the seed recipe.
+RECIPE     ?= $(if $(SYNTHETIC),seed)
 BACKBONE   ?= $(if $(SYNTHETIC),resnet18)
 WEIGHTS    ?= $(if $(SYNTHETIC),none)
 INPUT_SIZE ?= $(if $(SYNTHETIC),64)
 EPOCHS     ?= $(if $(SYNTHETIC),100)
 LR         ?= $(if $(SYNTHETIC),0.03)
 OVERWRITE  ?=
-TRAIN_FLAGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(BACKBONE),--backbone $(BACKBONE)) \
+TRAIN_FLAGS = $(if $(RECIPE),--recipe $(RECIPE)) $(if $(DATASET),--dataset $(DATASET)) $(if $(BACKBONE),--backbone $(BACKBONE)) \
   $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) \
   $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LR),--lr $(LR)) $(if $(OVERWRITE),--overwrite)
 DATA_FLAGS = --data $(DATA) $(if $(DATASET),--dataset $(DATASET))
@@ -52,7 +54,7 @@ help:
 	@echo "make client-install  create $(CLIENT_VENV) for the thin clients (+ Qdrant, + the web page's FastAPI)"
 	@echo "make synthetic  generate data/synthetic (SYNTHETIC shapes, for the demo)"
 	@echo "make constraints  re-freeze requirements/constraints.txt from $(VENV)"
-	@echo "make train      DATA=DIR RUN=DIR [BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= OVERWRITE=1 TRAIN_ARGS=]"
+	@echo "make train      DATA=DIR RUN=DIR [RECIPE=seed|finetune|full BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= OVERWRITE=1 TRAIN_ARGS=]"
 	@echo "make evaluate   RUN=DIR DATA=DIR: base vs tuned on the held-out classes"
 	@echo "make archive    RUN=DIR: pack the run into model_store/cars.mar"
 	@echo "make serve      [PORT=8080] start TorchServe on 127.0.0.1:PORT..PORT+2, wait until the model is ready"

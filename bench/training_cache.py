@@ -59,7 +59,7 @@ def train_once(data: Path, out: Path, cache_dir: Path, args: argparse.Namespace,
     argv = [
         "--data", str(data), "--out", str(out), "--backbone", args.backbone, "--weights", args.weights,
         "--input-size", str(args.input_size), "--epochs", str(args.epochs), "--patience", str(args.epochs),
-        "--cache-dir", str(cache_dir), "--holdout-fraction", "0",
+        "--cache-dir", str(cache_dir), "--holdout-fraction", "0", "--recipe", "seed",
     ] + ([] if cache else ["--no-cache"])  # fmt: skip
     train_cli.make_trainer = make_trainer
     started = time.perf_counter()

@@ -68,8 +68,7 @@ def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, truncated file, not a torch file...
         raise UsageError(
-            f"cannot read weights file {path}: not a plain state dict "
-            f"({type(error).__name__}: {one_line(error)})"
+            f"cannot read weights file {path}: not a plain state dict ({type(error).__name__}: {one_line(error)})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -124,12 +123,35 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
     return model, classifier, size
 
 
+class _VitTokens(nn.Module):
+    """A ViT's input side (patch projection, class token, position embedding): its "stem"."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.conv_proj, self.class_token = vit.conv_proj, vit.class_token
+        self.pos_embedding, self.dropout = vit.encoder.pos_embedding, vit.encoder.dropout
+        self.hidden_dim = vit.hidden_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        patches = self.conv_proj(images).flatten(2).transpose(1, 2)  # (n, patches, hidden_dim)
+        tokens = torch.cat([self.class_token.expand(patches.shape[0], -1, -1), patches], dim=1)
+        return self.dropout(tokens + self.pos_embedding)
+
+
+class _ClassToken(nn.Module):
+    """The class token's output: what a ViT classifies, so what the embedding is."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0]
+
+
 def _stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
     """(stem, stages, tail) of a classifier-stripped torchvision model, in forward order.
 
-    Two families cover the usual backbones: ResNet-style (`layer1..layer4`) and those whose body is
-    a `features` Sequential (MobileNet, EfficientNet, ConvNeXt, ...). The tail pools and runs what
-    is left of the classifier, exactly as the model's own `forward` does.
+    Three families cover the usual backbones: ResNet-style (`layer1..layer4`), those whose body is
+    a `features` Sequential (MobileNet, EfficientNet, ConvNeXt, ...) and vision transformers
+    (encoder blocks). The tail pools and runs what is left of the classifier, exactly as the
+    model's own `forward` does.
     """
     if all(hasattr(model, f"layer{i}") for i in range(1, 5)) and hasattr(model, "avgpool"):
         stem = [model.conv1, model.bn1, model.relu, model.maxpool]
@@ -140,21 +162,31 @@ def _stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn
         if any(isinstance(m, nn.Flatten) for m in model.classifier.modules()):  # ConvNeXt flattens itself
             return [], list(features), [pool, model.classifier]
         return [], list(features), [pool, nn.Flatten(1), model.classifier]
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return [_VitTokens(model)], list(model.encoder.layers), [model.encoder.ln, _ClassToken(), model.heads]
     raise UsageError(
-        f"--trainable-blocks needs a ResNet-style or `features`-style torchvision backbone, not {type(model).__name__}"
+        "--trainable-blocks needs a ResNet-style, `features`-style or ViT torchvision backbone, "
+        f"not {type(model).__name__}"
     )
+
+
+def stage_count(backbone: str) -> int:
+    """How many stages `--trainable-blocks` can fine-tune in `backbone` (what recipes scale by)."""
+    model = torchvision.models.get_model(backbone, weights=None)
+    _strip_classifier(model)
+    return len(_stages(model)[1])
 
 
 def split_backbone(model: nn.Module, trainable_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
     """Splits a stripped backbone into a frozen trunk and its last `trainable_blocks` stages + tail.
 
-    `top(trunk(x)) == model(x)`: the split changes which parts learn, not what is computed.
+    `top(trunk(x)) == model(x)`: the split changes which parts learn, not what is computed. With
+    every stage trainable the trunk is only the stem (nothing, for `features`-style models).
     """
     stem, stages, tail = _stages(model)
-    if not 1 <= trainable_blocks < len(stages):
+    if not 1 <= trainable_blocks <= len(stages):
         raise UsageError(
-            f"--trainable-blocks must be between 0 and {len(stages) - 1} for {type(model).__name__}, "
-            f"got {trainable_blocks}"
+            f"--trainable-blocks must be between 0 and {len(stages)} for {type(model).__name__}, got {trainable_blocks}"
         )
     cut = len(stages) - trainable_blocks
     return nn.Sequential(*stem, *stages[:cut]), nn.Sequential(*stages[cut:], *tail)
@@ -168,7 +200,11 @@ def untrained_split(backbone: str, trainable_blocks: int) -> tuple[nn.Sequential
 
 
 def trunk_channels(trunk: nn.Module, top: nn.Module) -> int:
-    """Channels of the trunk's feature map: the first conv of the top consumes them."""
+    """Channels of the trunk's feature map (the first conv of the top consumes them), or a ViT's
+    token width."""
+    tokens = next((m for m in trunk.modules() if isinstance(m, _VitTokens)), None)
+    if tokens is not None:
+        return tokens.hidden_dim
     first_conv = next(m for m in top.modules() if isinstance(m, nn.Conv2d))
     return first_conv.in_channels
 

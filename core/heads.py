@@ -7,9 +7,11 @@ rebuilds the same architecture when it loads a servable (the weights are a plain
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from quaterion_models.heads import EncoderHead, SkipConnectionHead
 from torch import nn
 
@@ -20,6 +22,10 @@ class TopStagesHead(EncoderHead):
     """Trainable top stages of a backbone (BatchNorm statistics frozen) + optional skip head.
 
     `skip=False` gives the untuned network (pretrained top stages only): evaluation's baseline.
+    `pretrained_branch=True` also keeps a frozen copy of the pretrained top stages with a skip head
+    of its own, and the embedding is both branches' unit vectors side by side (twice the size):
+    the fine-tuned stages rank a class's photos higher, the pretrained ones keep what ImageNet
+    features know about cars never seen in training.
     """
 
     def __init__(
@@ -30,6 +36,7 @@ class TopStagesHead(EncoderHead):
         output_size: int,
         dropout: float = 0.0,
         skip: bool = True,
+        pretrained_branch: bool = False,
     ):
         # Dropout belongs after the top stages (in the skip head), not on the trunk's feature map.
         super().__init__(input_embedding_size, dropout=0.0)
@@ -37,10 +44,20 @@ class TopStagesHead(EncoderHead):
         self.backbone_name, self.trainable_blocks = backbone, trainable_blocks
         self._output_size, self._head_dropout, self._skip = output_size, dropout, skip
         self.skip = SkipConnectionHead(output_size, dropout=dropout) if skip else nn.Identity()
+        self.pretrained_branch = pretrained_branch
+        if pretrained_branch:
+            self.frozen_top = copy.deepcopy(self.top).requires_grad_(False)
+            self.frozen_skip = SkipConnectionHead(output_size, dropout=dropout)
+
+    def load_pretrained_top(self, state: dict[str, torch.Tensor]) -> None:
+        """The backbone's pretrained top stages: where fine-tuning starts, and the frozen branch."""
+        self.top.load_state_dict(state)
+        if self.pretrained_branch:
+            self.frozen_top.load_state_dict(state)
 
     @property
     def output_size(self) -> int:
-        return self._output_size
+        return 2 * self._output_size if self.pretrained_branch else self._output_size
 
     def train(self, mode: bool = True) -> TopStagesHead:
         # Frozen BatchNorm statistics, as usual when fine-tuning for metric learning: batches of
@@ -49,10 +66,17 @@ class TopStagesHead(EncoderHead):
         for module in self.top.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+        if self.pretrained_branch:
+            self.frozen_top.eval()
         return self
 
     def transform(self, input_vectors: torch.Tensor) -> torch.Tensor:
-        return self.skip(self.top(input_vectors))
+        tuned = self.skip(self.top(input_vectors))
+        if not self.pretrained_branch:
+            return tuned
+        with torch.no_grad():
+            kept = self.frozen_top(input_vectors)
+        return torch.cat([F.normalize(tuned, dim=-1), F.normalize(self.frozen_skip(kept), dim=-1)], dim=-1)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -62,4 +86,5 @@ class TopStagesHead(EncoderHead):
             "output_size": self._output_size,
             "dropout": self._head_dropout,
             "skip": self._skip,
+            "pretrained_branch": self.pretrained_branch,
         }

@@ -60,7 +60,7 @@ def base_head(tuned: SimilarityModel, base_top_file: Path) -> EncoderHead:
     head = tuned.head
     if not isinstance(head, TopStagesHead):
         return EmptyHead(head.input_embedding_size)
-    base = TopStagesHead(**{**head.get_config_dict(), "skip": False})
+    base = TopStagesHead(**{**head.get_config_dict(), "skip": False, "pretrained_branch": False})
     try:
         base.top.load_state_dict(torch.load(base_top_file, map_location="cpu", weights_only=True))
     except (OSError, RuntimeError, pickle.UnpicklingError) as error:

@@ -17,9 +17,10 @@ from core.cli import add_common_flags, parse_args
 from core.encoders import check_backbone_and_weights
 from core.errors import UsageError
 from core.run import Run
+from train import recipes
 from train.data import DATASETS, SPLIT_BY
 
-LOSSES = ("triplet", "arcface", "softmax", "circle", "online_contrastive", "fast_ap")
+LOSSES = ("triplet", "arcface", "softmax", "circle", "online_contrastive", "fast_ap", "multi_similarity")
 MINING = ("hard", "semi_hard", "all")
 MINING_LOSSES = ("triplet", "online_contrastive")  # the losses that mine pairs or triplets
 MARGIN_LOSSES = ("triplet", "arcface", "circle", "online_contrastive")
@@ -56,7 +57,8 @@ class TrainConfig:
     # model
     backbone: str = option("model", "any torchvision classification model", "resnet152")
     weights: str = option(
-        "model", "'default' (torchvision ImageNet weights, downloaded), 'none' (random) or a local state-dict path",
+        "model",
+        "'default' (torchvision ImageNet weights, downloaded), 'none' (random) or a local state-dict path",
         "default",
     )
     input_size: int = option("model", "images are resized to this square size", 224)
@@ -66,7 +68,21 @@ class TrainConfig:
         "BatchNorm statistics; the encoder cache then holds the frozen trunk's feature maps; 0: only the head learns",
         0,
     )
+    pretrained_branch: bool = option(
+        "model",
+        "with --trainable-blocks: also keep the pretrained top stages, frozen, with a head of their own; the "
+        "embedding joins both (twice the size)",
+        False,
+    )
     # training
+    recipe: str = option(
+        "training",
+        "named settings, scaled to the backbone (flags you set win): seed = Quaterion's tutorial (frozen "
+        "backbone); finetune = the top third fine-tuned on cached augmented views; full = every stage on fresh "
+        "views (GPU); auto = full on a GPU, else finetune. docs/quality.md compares them",
+        recipes.AUTO,
+        choices=recipes.CHOICES,
+    )
     epochs: int = option("training", "maximum number of epochs", 30)
     batch_size: int = option("training", "training batch size", 128)
     lr: float = option("training", "Adam learning rate of the head", 3e-3)
@@ -76,7 +92,9 @@ class TrainConfig:
                          choices=MINING)  # fmt: skip
     margin: float | None = option("training", "loss margin (default: the loss's own; triplet 0.5)", None)
     sampler: str = option(
-        "training", "batches of random images, or of P classes x K images (--images-per-class)", "random",
+        "training",
+        "batches of random images, or of P classes x K images (--images-per-class)",
+        "random",
         choices=SAMPLERS,
     )
     images_per_class: int = option("training", "K of --sampler balanced", 4)
@@ -131,8 +149,16 @@ class TrainConfig:
             args.pop(name, None)
             given.pop(name, None)
         config = cls(**args, user_set=frozenset(given))
+        check_backbone_and_weights(config.backbone, config.weights)  # before the recipe reads the backbone
+        config = config.with_recipe()
         config.validate()
         return config
+
+    def with_recipe(self) -> TrainConfig:
+        """The config with its recipe's settings filled in (except those the user set), and the
+        recipe's concrete name ("auto" becomes "full" or "finetune")."""
+        settings = recipes.resolve(self.recipe, self.backbone, self.user_set)
+        return self.replace(**settings, recipe=recipes.pick(self.recipe))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -183,11 +209,12 @@ class TrainConfig:
         if self.augment and not self.no_cache:
             raise UsageError(
                 "--augment changes every epoch's images, so it needs --no-cache "
-                "(or use --augment-copies N with the cache)"
+                f"(or use --augment-copies N with the cache){self._from_recipe('augment', 'no_cache')}"
             )
         if self.augment_copies and self.no_cache:
             raise UsageError(
                 "--augment-copies exists for the cache; without it use --augment (fresh views every epoch)"
+                f"{self._from_recipe('augment_copies', 'no_cache')}"
             )
         if self.overwrite and self.resume:
             raise UsageError("--overwrite starts over and --resume continues: pass one of them")
@@ -197,14 +224,21 @@ class TrainConfig:
             "mining": (self.loss not in MINING_LOSSES, f"--loss {self.loss} does not mine pairs or triplets"),
             "images_per_class": (self.sampler != "balanced", "it is the K of --sampler balanced"),
             "backbone_lr": (not self.trainable_blocks, "only --trainable-blocks N > 0 trains backbone stages"),
+            "pretrained_branch": (not self.trainable_blocks, "a frozen backbone is already the pretrained branch"),
             "loader_workers": (
-                not self.no_cache, "with the cache on, data loads in the main process; it is for --no-cache"
+                not self.no_cache,
+                "with the cache on, data loads in the main process; it is for --no-cache",
             ),
             "cache_batch_size": (self.no_cache, "--no-cache fills no cache"),
         }
         for name, (does_nothing, why) in ignored.items():
             if name in self.user_set and does_nothing:
                 raise UsageError(f"--{flag(name)} would do nothing here: {why}")
+
+    def _from_recipe(self, *names: str) -> str:
+        """Names the recipe when it, not the user, set one of `names`: the user's way out."""
+        by_recipe = [f"--{flag(name)}" for name in names if name not in self.user_set]
+        return f" ({', '.join(by_recipe)} set by --recipe {self.recipe})" if by_recipe else ""
 
 
 def flag(name: str) -> str:

@@ -52,6 +52,7 @@ class CarsModel(TrainableModel):
         loss: str = "triplet",
         num_classes: int = 0,
         xbm: XbmConfig | None = None,
+        pretrained_branch: bool = False,
     ):
         # Quaterion's __init__ calls the configure_* hooks, so they read these attributes.
         self._backbone, self._weights, self._preprocessing = backbone, weights, preprocessing
@@ -63,6 +64,7 @@ class CarsModel(TrainableModel):
         self._trainable_blocks = trainable_blocks
         self._loss_name, self._num_classes = loss, num_classes
         self._xbm = xbm
+        self._pretrained_branch = pretrained_branch
         # configure_encoders leaves the pretrained top stages here for configure_head (a dict, so
         # that Lightning does not register them as a second copy of the head's parameters).
         self._pretrained: dict[str, torch.nn.Module | int] = {}
@@ -91,9 +93,10 @@ class CarsModel(TrainableModel):
             trainable_blocks=self._trainable_blocks,
             output_size=self._pretrained["size"],
             dropout=self._dropout,
+            pretrained_branch=self._pretrained_branch,
         )
         pretrained = self._pretrained.pop("top").state_dict()
-        head.top.load_state_dict(pretrained)
+        head.load_pretrained_top(pretrained)
         self.base_top_state = {name: tensor.clone() for name, tensor in pretrained.items()}
         return head
 
@@ -136,7 +139,21 @@ def make_loss(name: str, margin: float | None, mining: str, embedding_size: int,
         return OnlineContrastiveLoss(mining="all" if mining == "all" else "hard", **margin_kw)
     if name == "fast_ap":
         return FastAPLoss()
+    if name == "multi_similarity":
+        return multi_similarity_loss()
     raise UsageError(f"Unknown loss {name!r}. Choose one of: {', '.join(LOSSES)}")
+
+
+def multi_similarity_loss() -> SimilarityLoss:
+    """Wang et al.'s multi-similarity loss and miner (CVPR 2019), from pytorch-metric-learning
+    through Quaterion's wrapper, with the paper's settings for Cars196 (alpha 2, beta 50,
+    lambda 0.5, epsilon 0.1). Imported here: the package is needed by this loss only."""
+    from pytorch_metric_learning import losses, miners
+    from quaterion.loss.extras import PytorchMetricLearningWrapper
+
+    return PytorchMetricLearningWrapper(
+        losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(epsilon=0.1)
+    )
 
 
 def cache_config(save_dir: str, batch_size: int) -> CacheConfig:

@@ -53,6 +53,7 @@ from train.data import (
     split_classes,
     split_validation,
 )
+from train import recipes
 from train.model import CarsModel, cache_config
 
 PACKAGES = ("torch", "torchvision", "quaterion", "quaterion-models", "pytorch-lightning", "torchmetrics")
@@ -152,6 +153,7 @@ def make_model(
         loss=config.loss,
         num_classes=num_classes,
         xbm=XbmConfig(buffer_size=config.xbm_size, start_iteration=steps) if config.xbm_size else None,
+        pretrained_branch=config.pretrained_branch,
     )
 
 
@@ -244,6 +246,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     info = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "args": config.to_json(),
+        "recipe": recipes.describe(config.recipe, config.backbone, config.user_set),
         "data": {"root": str(Path(config.data).resolve()), "dataset": config.dataset, "images": len(splits.images)},
         "classes": {"train": list(splits.classes.train), "holdout": list(splits.classes.holdout)},
         "images": {"train": len(splits.train), "val": len(splits.val), "train_items": loaders.train_items},

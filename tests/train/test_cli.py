@@ -8,7 +8,7 @@ from tests.conftest import run_module
 from train import evaluate, train
 from core.errors import run_cli
 
-FAST = ["--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "1"]
+FAST = ["--recipe", "seed", "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "1"]
 
 
 def fails_with(capsys, main, argv, message):
@@ -68,7 +68,7 @@ def test_wrong_weights_file(capsys, small_data, tmp_path):
         (["--weights", "/nonexistent/weights.pt"], "weights file not found: /nonexistent/weights.pt"),
         (["--weights", "default", "--backbone", "resnet15"], "Unknown backbone 'resnet15'"),
         (["--xbm-size", "100", "--loss", "arcface"], "--xbm-size works with --loss triplet only"),
-        (["--trainable-blocks", "4"], "--trainable-blocks must be between 0 and 3 for ResNet"),
+        (["--trainable-blocks", "5"], "--trainable-blocks must be between 0 and 4 for ResNet"),
         (["--sampler", "balanced", "--images-per-class", "1"], "--images-per-class must be >= 2"),
         (["--fold", "2", "--holdout-fraction", "0"], "--fold 2 swaps training and held-out classes"),
         (["--backbone-lr", "0"], "--lr and --backbone-lr must be > 0"),

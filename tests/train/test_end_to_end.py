@@ -14,7 +14,7 @@ from core.files import directory_sha256
 
 pytestmark = pytest.mark.slow
 
-RECIPE = ["--backbone", "resnet18", "--weights", "none", "--input-size", "64", "--epochs", "100"]
+RECIPE = ["--recipe", "seed", "--backbone", "resnet18", "--weights", "none", "--input-size", "64", "--epochs", "100"]
 RECIPE += ["--lr", "0.03", "--patience", "20", "--batch-size", "128"]
 
 

@@ -15,32 +15,35 @@ from quaterion_models import SimilarityModel
 
 from serve.embedder import Embedder
 from train.data import AugmentedCopies, CarsDataset, ClassBalancedSampler, load_image_list, split_classes
-from core.encoders import build_backbone, split_backbone
+from core.encoders import build_backbone, split_backbone, stage_count
 from core.errors import UsageError
+from train import recipes
 from core.heads import TopStagesHead
 from core.preprocessing import load_image, training_augmentation
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])
-@pytest.mark.parametrize("blocks", [1, 2])
-def test_split_backbone_computes_what_the_whole_backbone_does(backbone, blocks):
-    model, _, size = build_backbone(backbone, "none")
+@pytest.mark.parametrize(
+    "backbone, size", [("resnet18", 64), ("mobilenet_v2", 64), ("mobilenet_v3_small", 64), ("vit_b_16", 224)]
+)
+@pytest.mark.parametrize("blocks", [1, 2, "all"])
+def test_split_backbone_computes_what_the_whole_backbone_does(backbone, size, blocks):
+    model, _, embedding = build_backbone(backbone, "none")
     model.eval()
-    images = torch.randn(2, 3, 64, 64)
-    trunk, top = split_backbone(model, blocks)
+    images = torch.randn(2, 3, size, size)
+    trunk, top = split_backbone(model, stage_count(backbone) if blocks == "all" else blocks)
     with torch.no_grad():
         whole, split = model(images), top(trunk(images))
-    assert split.shape == (2, size)
+    assert split.shape == (2, embedding)
     torch.testing.assert_close(split, whole)
     assert not set(map(id, trunk.parameters())) & set(map(id, top.parameters()))
 
 
 def test_split_backbone_refuses_what_it_cannot_split():
     model, _, _ = build_backbone("resnet18", "none")
-    with pytest.raises(UsageError, match="between 0 and 3"):
-        split_backbone(model, 4)
+    with pytest.raises(UsageError, match="between 0 and 4"):
+        split_backbone(model, 5)
     regnet, _, _ = build_backbone("regnet_x_400mf", "none")
-    with pytest.raises(UsageError, match="ResNet-style or `features`-style"):
+    with pytest.raises(UsageError, match="ResNet-style, `features`-style or ViT"):
         split_backbone(regnet, 1)
 
 
@@ -97,7 +100,8 @@ def test_fold_two_swaps_training_and_held_out_classes():
 def train_run(data: Path, out: Path, cache: Path, *extra: str) -> dict:
     result = run_module(
         "train.train", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
-        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "2", *extra,
+        "--recipe", "seed", "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "2",
+        *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "run.json").read_text())
@@ -149,6 +153,7 @@ def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synt
         ["--loss", "online_contrastive"],
         ["--loss", "fast_ap", "--fold", "2"],
         ["--loss", "triplet", "--trainable-blocks", "1", "--sampler", "balanced", "--augment-copies", "2"],
+        ["--loss", "multi_similarity", "--trainable-blocks", "1", "--pretrained-branch", "--sampler", "balanced"],
     ],
     ids=lambda extra: "-".join(a.lstrip("-") for a in extra[:2] + extra[-2:-1]),
 )
@@ -160,3 +165,52 @@ def test_every_loss_trains_end_to_end(synthetic_data, tmp_path, extra):
     assert run["metrics"]["best_epoch"] is not None
     assert all(torch.isfinite(torch.tensor(v)) for v in run["metrics"]["last"].values())
     assert (tmp_path / "run" / "servable").is_dir()
+
+
+@pytest.mark.parametrize(
+    "backbone, finetune, full",
+    [("mobilenet_v2", 6, 19), ("resnet152", 1, 4), ("efficientnet_b0", 3, 9), ("convnext_tiny", 3, 8),
+     ("vit_b_16", 4, 12)],
+)  # fmt: skip
+def test_recipes_scale_to_each_backbone_family(backbone, finetune, full):
+    assert recipes.resolve("finetune", backbone, frozenset())["trainable_blocks"] == finetune
+    assert recipes.resolve("full", backbone, frozenset())["trainable_blocks"] == full
+    assert recipes.resolve("seed", backbone, frozenset()) == {}
+
+
+def test_flags_the_user_sets_win_over_the_recipe():
+    settings = recipes.resolve("finetune", "mobilenet_v2", frozenset({"trainable_blocks", "epochs"}))
+    assert "trainable_blocks" not in settings and "epochs" not in settings
+    assert settings["augment_copies"] == 8 and settings["sampler"] == "balanced"
+    assert recipes.pick("auto", gpu=True) == "full" and recipes.pick("auto", gpu=False) == "finetune"
+    with pytest.raises(UsageError, match="--recipe finetune fine-tunes part of the backbone"):
+        recipes.resolve("finetune", "regnet_x_400mf", frozenset())
+
+
+def test_a_recipe_conflict_names_the_recipe(capsys, tmp_path, synthetic_data):
+    from core.errors import run_cli
+    from train import train
+
+    argv = ["--data", str(synthetic_data), "--out", str(tmp_path / "run"), "--backbone", "resnet18",
+            "--weights", "none", "--recipe", "finetune", "--no-cache"]  # fmt: skip
+    assert run_cli(train.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--augment-copies exists for the cache" in err and "(--augment-copies set by --recipe finetune)" in err
+
+
+@pytest.mark.slow
+def test_the_gpu_recipe_runs_tiny_on_a_cpu(synthetic_data, tmp_path):
+    """`--recipe full` (what `auto` picks on a GPU): every stage fine-tuned on fresh views, no cache."""
+    result = run_module(
+        "train.train", "--data", str(synthetic_data), "--out", str(tmp_path / "run"), "--recipe", "full",
+        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "1",
+        "--loader-workers", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["recipe"]["name"] == "full" and run["recipe"]["settings"]["trainable_blocks"] == 4
+    assert run["args"]["trainable_blocks"] == 4 and run["args"]["augment"] and run["args"]["no_cache"]
+    assert run["args"]["recipe"] == "full" and run["cache"]["fingerprint"] is None
+    images = [load_image(p) for p in sorted(synthetic_data.rglob("*.jpg"))[:2]]
+    embeddings = Embedder.load(tmp_path / "run").embed(images)
+    assert embeddings.shape == (2, 512) and np.isfinite(embeddings).all()

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, run_module
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "40"]
+SETTINGS = ["--recipe", "seed", "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "40"]
 SETTINGS += ["--patience", "40", "--lr", "0.01"]
 
 

@@ -1,0 +1,91 @@
+"""Named training recipes: a tested set of settings, scaled to the backbone, instead of six flags.
+
+A recipe says *which share* of the backbone to fine-tune, not a block count, so one recipe fits
+every family: `core.encoders.stage_count` counts MobileNet/EfficientNet/ConvNeXt `features`
+blocks, ResNet layers and ViT encoder blocks, and the share is rounded to whole stages (the top
+third of MobileNetV2's 19 blocks is 6; of a ResNet's 4 layers, 1). Flags the user sets win over
+the recipe. docs/quality.md has the measurements behind each recipe and the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.encoders import stage_count
+from core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    summary: str
+    top_fraction: float  # share of the backbone's stages fine-tuned: 0 keeps it frozen, 1 tunes them all
+    settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig field -> value
+
+
+RECIPES: dict[str, Recipe] = {
+    "seed": Recipe(
+        "Quaterion's Stanford Cars tutorial: frozen backbone + SkipConnectionHead, triplet loss (hard mining), "
+        "random batches, epoch picked by validation loss",
+        0.0,
+    ),
+    "finetune": Recipe(
+        "the top third of the backbone fine-tuned (BatchNorm statistics frozen) on 8 augmented views per image "
+        "held in the encoder cache, class-balanced batches, epoch picked by validation R-precision",
+        1 / 3,
+        {"sampler": "balanced", "augment_copies": 8, "select_by": "r_precision", "epochs": 12, "patience": 4},
+    ),
+    "full": Recipe(
+        "for a GPU: every stage fine-tuned on fresh augmented views each epoch (no cache), class-balanced "
+        "batches, epoch picked by validation R-precision",
+        1.0,
+        {"sampler": "balanced", "augment": True, "no_cache": True, "select_by": "r_precision", "epochs": 30},
+    ),
+}
+AUTO = "auto"  # "full" when a GPU is there, else "finetune"
+CHOICES = (AUTO, *RECIPES)
+
+
+def pick(name: str, gpu: bool | None = None) -> str:
+    """The concrete recipe `name` stands for on this machine."""
+    if name != AUTO:
+        return name
+    return "full" if (torch.cuda.is_available() if gpu is None else gpu) else "finetune"
+
+
+def trainable_blocks(recipe: Recipe, backbone: str) -> int:
+    """The recipe's share of `backbone`'s stages, in whole stages (at least one when it tunes any)."""
+    if not recipe.top_fraction:
+        return 0
+    stages = stage_count(backbone)
+    return min(stages, max(1, round(stages * recipe.top_fraction)))
+
+
+def resolve(name: str, backbone: str, user_set: frozenset[str]) -> dict[str, Any]:
+    """The settings recipe `name` gives `backbone`, less those the user set on the command line."""
+    if name not in CHOICES:
+        raise UsageError(f"Unknown recipe {name!r}. Choose one of: {', '.join(CHOICES)}")
+    recipe = RECIPES[pick(name)]
+    settings = dict(recipe.settings)
+    if recipe.top_fraction:
+        try:
+            settings["trainable_blocks"] = trainable_blocks(recipe, backbone)
+        except UsageError as error:  # a backbone that cannot be split
+            raise UsageError(f"--recipe {pick(name)} fine-tunes part of the backbone: {error}") from None
+    return {key: value for key, value in settings.items() if key not in user_set}
+
+
+def describe(name: str, backbone: str, user_set: frozenset[str]) -> dict[str, Any]:
+    """What run.json records: the recipe used, what it means, what it set for this backbone and
+    which of its settings the user's flags replaced."""
+    recipe = RECIPES[pick(name)]
+    settings = resolve(pick(name), backbone, frozenset())
+    return {
+        "name": pick(name),
+        "summary": recipe.summary,
+        "top_fraction": round(recipe.top_fraction, 4),
+        "settings": settings,
+        "overridden_by_flags": sorted(set(settings) & user_set),
+    }
