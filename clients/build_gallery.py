@@ -52,8 +52,16 @@ def list_images(root: Path, unlabelled: bool = False) -> list[tuple[str, str]]:
 
 def check_gallery_location(gallery: str) -> None:
     """Refuses a gallery location that cannot work before any image is embedded."""
+    if gallery.startswith("qdrant://"):
+        from clients.edge_store import parse_location
+
+        parse_location(gallery)  # its options, before any image is embedded (the store opens later)
+        return
     if is_qdrant(gallery):
-        return  # the Qdrant store checks its own location when it opens
+        from clients.qdrant_store import parse_location
+
+        parse_location(gallery)
+        return
     path = Path(gallery)
     if path.is_dir():
         raise ClientError(f"--gallery {gallery} is a directory: give a file such as {path / 'gallery.npz'}")

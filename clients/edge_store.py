@@ -21,7 +21,6 @@ gets a one-line error naming the lock. Needs `pip install -r requirements/client
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from collections.abc import Iterator
@@ -34,7 +33,9 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from clients.api import ClientError
-from clients.metadata import Condition, payload_clauses, row_metadata
+from clients.metadata import (
+    KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
+)  # fmt: skip
 from clients.store import Hit, version_mismatch
 from core.files import write_json_atomic
 
@@ -45,14 +46,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 FORMAT = "cars-gallery-edge/1"
 MANIFEST, SHARD = "gallery.json", "shard"
-KEYWORD_FIELDS = ("make", "model", "label")
-NUMBER_FIELDS = ("year",)
 QUANTIZATIONS = ("none", "int8")
 OPTIONS = ("collection", "quantization")
 COLLECTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# Payload key of the original values of fields stored as text (see `_stored`); no filter can name
-# it (a filter field is a plain name), so it never takes part in filtering.
-ORIGINAL = "@original"
 # Graph and search breadth: recall@10 0.977 at 2.9 ms per query on 100k x 1,280 synthetic rows, the
 # graph built in 144 s on 2 cores (docs/benchmarks.md, "Gallery stores"; m 32 / ef_construct 256: 0.994, 283 s).
 HNSW_M, HNSW_EF_CONSTRUCT, HNSW_EF = 16, 128, 256
@@ -190,6 +186,20 @@ class EdgeGallery:
                 if offset is None:
                     return paths
 
+    def export(self, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """Every row, as (vectors [n, dim] float32, row metadata) batches in id order: what
+        clients/copy_store.py reads to move a gallery to another store."""
+        offset = None
+        while True:
+            request = edge.ScrollRequest(offset=offset, limit=batch_size, with_payload=True, with_vector=True)
+            with _engine(f"cannot read {self.store}"):
+                records, offset = self.shard.scroll(request)
+            if records:
+                vectors = np.asarray([record.vector for record in records], dtype=np.float32).reshape(-1, self.dim)
+                yield vectors, [payload_row(record.payload) for record in records]
+            if offset is None:
+                return
+
     def add(
         self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict[str, Any]] | None = None
     ) -> None:
@@ -202,7 +212,7 @@ class EdgeGallery:
         points = []
         for vector, path, label, attributes in zip(vectors, paths, labels, extra, strict=True):
             payload = {**row_metadata(path, label, attributes), "model_version": self.model_version}
-            points.append(edge.Point(payload["id"], vector.tolist(), _stored(payload)))
+            points.append(edge.Point(payload["id"], vector.tolist(), stored_payload(payload)))
         with _engine(f"cannot add to {self.store}"):
             if points:
                 self.shard.update(edge.UpdateOperation.upsert_points(points))
@@ -241,7 +251,7 @@ class EdgeGallery:
                 records = self.shard.retrieve([row_id], True, False)
             except ValueError:  # not a UUID: no such row
                 return None
-        return _row(records[0].payload) if records else None
+        return payload_row(records[0].payload) if records else None
 
     def _params(self):
         rescore = None
@@ -288,32 +298,8 @@ def _remove(root: Path) -> None:
     (root / MANIFEST).unlink(missing_ok=True)
 
 
-def _stored(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload as stored. `matches` compares text conditions with str(value) and numbers only
-    with finite int/float values; Qdrant would match a list by any element and cannot match a bool
-    from Python. So bools, lists, objects and non-finite floats are stored as str(value), which
-    filters exactly as `matches` does, and their original values go, as JSON, under ORIGINAL."""
-    stored, original = {}, {}
-    for key, value in payload.items():
-        plain = value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-        if plain or (isinstance(value, float) and math.isfinite(value)):
-            stored[key] = value
-        else:
-            stored[key], original[key] = str(value), value
-    if original:
-        stored[ORIGINAL] = json.dumps(original)
-    return stored
-
-
-def _row(payload: dict[str, Any]) -> dict[str, Any]:
-    row = {key: value for key, value in payload.items() if key not in ("model_version", ORIGINAL)}
-    if ORIGINAL in payload:
-        row.update(json.loads(payload[ORIGINAL]))
-    return row
-
-
 def _hit(payload: dict[str, Any], score: float) -> Hit:
-    row = _row(payload)
+    row = payload_row(payload)
     return Hit(row["path"], row["label"], score, row.get("id", ""), row)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,15 @@ class Gallery:
         self._index, self._columns, self._by_id = None, {}, None
         if self.path is not None:
             self.save(self.path)
+
+    def export(self, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """Every row, as (vectors [n, dim] float32, row metadata) batches in row order (what
+        clients/copy_store.py reads)."""
+        for start in range(0, len(self), batch_size):
+            yield self.embeddings[start : start + batch_size], self.rows[start : start + batch_size]
+
+    def close(self) -> None:
+        """Nothing to release: the file is read whole and replaced atomically."""
 
     def check_version(self, model_version: str, where: str) -> None:
         if model_version != self.model_version:

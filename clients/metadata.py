@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ from core.labels import parse_label
 OPERATORS = ("<=", ">=", "!=", "=", "<", ">")  # longest first: "<=" before "<"
 FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED = ("id", "path", "label")  # set by the gallery itself; a sidecar may not override them
+# Payload indexes of the Qdrant stores (Edge and server alike). `year` is a float index, so that a
+# year written as 2010.5 is still found by `year>=2010`, as `matches` finds it.
+KEYWORD_FIELDS = ("make", "model", "label")
+NUMBER_FIELDS = ("year",)
+# Payload key of the original values of fields stored as text (see `stored_payload`); no filter can
+# name it (a filter field is a plain name), so it never takes part in filtering.
+ORIGINAL = "@original"
 
 
 def row_id(path: str) -> str:
@@ -156,3 +164,35 @@ def payload_clauses(where: tuple[Condition, ...]) -> tuple[list[Clause], list[Cl
 def matches(metadata: dict[str, Any], conditions: list[Condition] | tuple[Condition, ...]) -> bool:
     """Whether a row passes every condition (the reference every store must agree with)."""
     return all(_compare(metadata.get(c.field), c) for c in conditions)
+
+
+def stored_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """A row as a Qdrant store keeps it. `matches` compares text conditions with str(value) and
+    numbers only with finite int/float values; Qdrant would match a list by any element and cannot
+    match a bool from Python. So bools, lists, objects and non-finite floats are stored as
+    str(value), which filters exactly as `matches` does, and their original values go, as JSON,
+    under ORIGINAL."""
+    stored, original = {}, {}
+    for key, value in payload.items():
+        plain = value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        if plain or (isinstance(value, float) and math.isfinite(value)):
+            stored[key] = value
+        else:
+            stored[key], original[key] = str(value), value
+    if original:
+        stored[ORIGINAL] = json.dumps(original)
+    return stored
+
+
+def payload_row(payload: dict[str, Any]) -> dict[str, Any]:
+    """The row metadata back from a stored payload (`stored_payload`'s inverse, without the model version)."""
+    row = {key: value for key, value in payload.items() if key not in ("model_version", ORIGINAL)}
+    if ORIGINAL in payload:
+        row.update(json.loads(payload[ORIGINAL]))
+    return row
+
+
+def row_extra(row: dict[str, Any]) -> dict[str, Any]:
+    """What `row_metadata` needs besides path and label to give `row` back: a copy between
+    stores adds rows with this as their sidecar attributes."""
+    return {key: value for key, value in row.items() if key not in RESERVED}

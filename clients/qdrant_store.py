@@ -1,120 +1,364 @@
 """Optional Qdrant server gallery store, for galleries beyond one machine's memory.
 
-    qdrant+http://host:6333/cars  or  qdrant+https://host/cars   a Qdrant server
+    qdrant+http://HOST:6333/NAME[?OPTION=VALUE&...]   or   qdrant+https://HOST/NAME[?...]
 
-The `clients.store.GalleryStore` interface over qdrant-client. Every point carries path, label and model version;
-ids are derived from the path, so re-adding an image overwrites it instead of duplicating it.
-Embedded galleries (qdrant://DIR) are Qdrant Edge: `clients.edge_store.EdgeGallery`, which
-`clients.store.open_store` picks for them. Needs `pip install -r requirements/client-qdrant.txt`.
+The `clients.store.GalleryStore` interface over qdrant-client (REST), for one Qdrant server or a
+cluster. Options, all optional (docs/deploy.md, "The gallery on a Qdrant cluster"):
+
+    shards=N              shard_number (default: the server's, one shard per node at creation)
+    replicas=N            replication_factor (default 1; 2 keeps each shard on two nodes)
+    write_consistency=N   replicas that acknowledge a write before it returns (default 1, <= replicas)
+    on_disk=true          vectors memory-mapped from disk rather than held in RAM (default false)
+    quantization=int8     int8 scalar codes in RAM, float32 rescoring of the candidates (as Edge's)
+    m=N, ef_construct=N   the HNSW graph (default 16 and 128, Edge's)
+    batch_size=N          points per upsert request (default 256)
+    retries=N             tries per request on transient errors (default 5)
+
+The first seven shape the collection when it is created; naming one that an existing collection
+has another value of is refused (rebuild to change it), as Edge refuses another quantization.
+The port is 6333 unless the location names one, https included (write :443 for a server behind a
+proxy on the standard port). QDRANT_API_KEY, when set, is sent as the server's API key.
+
+The collection is made with cosine distance, payload on disk and payload indexes on make, model,
+label (keyword) and year (float, as Edge: `year>=2010` finds 2010.5). Its metadata holds this
+format, the model version and the dimension, so even an empty collection knows its model; every
+point carries its row metadata (clients/metadata.py, stored as Edge stores it) and the model
+version; ids derive from paths, so re-adding an image replaces it. `add` upserts in batches of
+batch_size, each with wait=True (durable on the server when it returns): a killed build keeps the
+batches already sent, and `known_paths` lets the next one skip them. Every request is retried with
+exponential backoff on connection errors, timeouts, 429 and 5xx answers (an upsert is idempotent,
+so a retry is safe), then fails with one line. Needs `pip install -r requirements/client-qdrant.txt`.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
 from clients.api import ClientError
-from clients.metadata import Condition, payload_clauses, row_metadata
+from clients.edge_store import COLLECTION, FULL_SCAN_KB, HNSW_EF, HNSW_EF_CONSTRUCT, HNSW_M, OVERSAMPLING, QUANTIZATIONS
+from clients.metadata import (
+    KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
+)  # fmt: skip
 from clients.store import Hit, version_mismatch
 
 try:
+    from pydantic import ValidationError
     from qdrant_client import QdrantClient, models
+    from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 except ImportError:  # pragma: no cover - depends on the environment
     QdrantClient = None
 
+FORMAT = "cars-gallery-qdrant/1"
+API_KEY_ENV = "QDRANT_API_KEY"
+DEFAULTS: dict[str, Any] = {
+    "shards": None, "replicas": 1, "write_consistency": 1, "on_disk": False, "quantization": "none",
+    "m": HNSW_M, "ef_construct": HNSW_EF_CONSTRUCT, "batch_size": 256, "retries": 5,
+}  # fmt: skip
+CREATION = ("shards", "replicas", "write_consistency", "on_disk", "quantization", "m", "ef_construct")
+INTEGERS = {"shards": (1, 1024), "replicas": (1, 16), "write_consistency": (1, 16), "m": (4, 128),
+            "ef_construct": (4, 4096), "batch_size": (1, 10_000), "retries": (1, 20)}  # fmt: skip
+TIMEOUT_S = 60  # per request: an upsert of a full batch waits until the replicas have applied it
+BACKOFF_S, BACKOFF_MAX_S = 0.5, 8.0  # 0.5, 1, 2, 4 s between the 5 default tries
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
-def _parse(store: str) -> tuple[dict, str]:
+
+@dataclass(frozen=True)
+class Location:
+    url: str  # http(s)://HOST:PORT, what qdrant-client connects to
+    collection: str
+    options: dict[str, Any]  # every option, defaults filled in
+    given: frozenset[str]  # the options the location names
+
+
+def parse_location(store: str) -> Location:
+    """qdrant+http(s)://HOST:PORT/NAME?OPTIONS -> a Location; checks every part (no connection)."""
     url = urlparse(store)
     if url.scheme not in ("qdrant+http", "qdrant+https"):
         raise ClientError(f"{store}: a Qdrant server is qdrant+http(s)://HOST:PORT/NAME (qdrant://DIR is Qdrant Edge)")
+    if not url.hostname:
+        raise ClientError(f"{store} names no server: use qdrant+http://HOST:6333/NAME")
+    try:
+        _ = url.port  # urlparse checks it only when asked
+    except ValueError:
+        raise ClientError(f"{store}: the port must be a number from 1 to 65535") from None
     collection = url.path.strip("/") or "cars"
-    return {"url": f"{url.scheme.removeprefix('qdrant+')}://{url.netloc}"}, collection
+    if not COLLECTION.match(collection):
+        raise ClientError(f"{store}: collection {collection!r} must be a plain name (letters, digits, _ . -)")
+    try:
+        query = parse_qs(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
+    except ValueError:
+        raise ClientError(f"{store}: cannot read the options after '?' (use ?shards=N&replicas=N)") from None
+    unknown = sorted(set(query) - set(DEFAULTS))
+    if unknown:
+        raise ClientError(f"{store}: unknown option {unknown[0]!r} (known: {', '.join(DEFAULTS)})")
+    options = dict(DEFAULTS)
+    for name, values in query.items():
+        options[name] = _option(store, name, values[-1])
+    if options["write_consistency"] > options["replicas"]:
+        raise ClientError(f"{store}: write_consistency ({options['write_consistency']}) cannot exceed replicas "
+                          f"({options['replicas']})")  # fmt: skip
+    return Location(f"{url.scheme.removeprefix('qdrant+')}://{url.netloc}", collection, options, frozenset(query))
+
+
+def _option(store: str, name: str, text: str) -> Any:
+    if name == "quantization":
+        if text not in QUANTIZATIONS:
+            raise ClientError(f"{store}: quantization must be one of {', '.join(QUANTIZATIONS)}")
+        return text
+    if name == "on_disk":
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ClientError(f"{store}: on_disk must be true or false, not {text!r}")
+        return text.lower() in ("true", "1")
+    low, high = INTEGERS[name]
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ClientError(f"{store}: {name} must be a whole number from {low} to {high}, not {text!r}")
+    return value
+
+
+def _describe(error: Exception) -> str:
+    """One line for any error qdrant-client raises (its own messages span several lines)."""
+    if QdrantClient is not None and isinstance(error, UnexpectedResponse):
+        try:
+            detail = error.structured()["status"]["error"]
+        except Exception:
+            detail = error.content[:200].decode(errors="replace")
+        text = f"HTTP {error.status_code} {error.reason_phrase}: {detail}"
+    elif QdrantClient is not None and isinstance(error, ResponseHandlingException):
+        text = f"{type(error.source).__name__}: {error.source}"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return " ".join(text.split())
+
+
+def _retry_delay(error: Exception, attempt: int) -> float | None:
+    """Seconds to wait before trying again after `error`, or None when a retry cannot help."""
+    backoff = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1))
+    if isinstance(error, ResourceExhaustedResponse):  # 429 with Retry-After
+        return min(BACKOFF_MAX_S, float(error.retry_after_s))
+    if isinstance(error, UnexpectedResponse):
+        return backoff if error.status_code in RETRY_STATUS or (error.status_code or 0) >= 500 else None
+    if isinstance(error, ResponseHandlingException):  # no answer (refused, reset, timeout) or an unreadable one
+        return None if isinstance(error.source, ValidationError) else backoff
+    return None
 
 
 class QdrantGallery:
-    def __init__(self, client, collection: str, model_version: str, dim: int):
-        self.client, self.collection = client, collection
-        self.model_version, self.dim = model_version, dim
+    def __init__(self, client, location: Location, store: str):
+        self.client, self.location, self.store = client, location, store
+        self.collection = location.collection
+        self.batch_size, self.retries = location.options["batch_size"], location.options["retries"]
+        self.model_version, self.dim, self.quantization = "", 0, location.options["quantization"]
 
     @classmethod
     def open(cls, store: str, create: tuple[str, int] | None = None, fresh: bool = False) -> QdrantGallery:
+        """The gallery at `store`; `create=(model_version, dim)` makes an empty collection when
+        there is none (with `fresh`, replaces the one there)."""
         if QdrantClient is None:
             raise ClientError("the Qdrant store needs qdrant-client: pip install -r requirements/client-qdrant.txt")
-        location, collection = _parse(store)
+        location = parse_location(store)
         try:
-            return cls._open(QdrantClient(**location), store, collection, create, fresh)
-        except ClientError:
+            client = QdrantClient(
+                url=location.url, api_key=os.environ.get(API_KEY_ENV) or None, timeout=TIMEOUT_S,
+                check_compatibility=False,  # it warns from a thread; a failing request says more, in one line
+            )  # fmt: skip
+        except Exception as error:
+            raise ClientError(f"cannot open Qdrant gallery {store}: {_describe(error)}") from None
+        gallery = cls(client, location, store)
+        try:
+            gallery._open(create, fresh)
+        except BaseException:
+            client.close()
             raise
-        except Exception as error:  # server down, collection of another shape...
-            raise ClientError(f"cannot open Qdrant gallery {store}: {type(error).__name__}: {error}") from None
+        return gallery
 
-    @classmethod
-    def _open(cls, client, store: str, collection: str, create, fresh: bool) -> QdrantGallery:
-        if fresh and create is not None and client.collection_exists(collection):
-            client.delete_collection(collection)
-        if not client.collection_exists(collection):
+    def _call(self, what: str, function: Callable, *args, **kwargs) -> Any:
+        """`function(*args, **kwargs)`, retried with backoff on transient errors; one-line ClientError."""
+        for attempt in range(1, self.retries + 1):
+            try:
+                return function(*args, **kwargs)
+            except Exception as error:
+                delay = _retry_delay(error, attempt)
+                if delay is None:
+                    raise ClientError(f"{what}: {_describe(error)}") from None
+                if attempt == self.retries:
+                    raise ClientError(f"{what}: gave up after {attempt} tries: {_describe(error)}") from None
+                time.sleep(delay)
+
+    def _open(self, create: tuple[str, int] | None, fresh: bool) -> None:
+        opening = f"cannot open Qdrant gallery {self.store}"
+        exists = self._call(opening, self.client.collection_exists, self.collection)
+        if exists and fresh and create is not None:
+            self._call(f"cannot replace {self.store}", self.client.delete_collection, self.collection)
+            exists = False
+        if not exists:
             if create is None:
-                raise ClientError(f"no gallery at {store}: build one first (make gallery IMAGES=DIR GALLERY={store})")
-            version, dim = create
-            client.create_collection(
-                collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
-            )
-            return cls(client, collection, version, dim)
-        points, _ = client.scroll(collection, limit=1, with_payload=True)
-        dim = client.get_collection(collection).config.params.vectors.size
-        if points:
-            return cls(client, collection, points[0].payload["model_version"], dim)
-        return cls(client, collection, create[0] if create else "", dim)
+                raise ClientError(
+                    f"no gallery at {self.store}: build one first (make gallery IMAGES=DIR GALLERY={self.store})"
+                )
+            self._create(*create)
+        info = self._call(opening, self.client.get_collection, self.collection)
+        metadata = info.config.metadata or {}
+        vectors = info.config.params.vectors
+        if metadata.get("format", FORMAT) != FORMAT or not isinstance(vectors, models.VectorParams):
+            raise ClientError(f"{self.store}: collection {self.collection!r} is not a gallery of this project")
+        self.dim = int(vectors.size)
+        self._check_settings(info)
+        self.model_version = str(metadata.get("model_version") or self._first_version() or (create or ("",))[0])
+        if create is not None:  # a builder: finish what a killed creation left undone
+            self._index_payload(info)
+
+    def _create(self, model_version: str, dim: int) -> None:
+        options = self.location.options
+        int8 = models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+        )
+        metadata = {"format": FORMAT, "model_version": model_version, "dim": int(dim),
+                    "created": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+        try:
+            self._call(
+                f"cannot create {self.store}", self.client.create_collection, self.collection,
+                vectors_config=models.VectorParams(size=int(dim), distance=models.Distance.COSINE,
+                                                   on_disk=options["on_disk"]),
+                shard_number=options["shards"], replication_factor=options["replicas"],
+                write_consistency_factor=options["write_consistency"], on_disk_payload=True,
+                hnsw_config=models.HnswConfigDiff(m=options["m"], ef_construct=options["ef_construct"],
+                                                  full_scan_threshold=FULL_SCAN_KB),
+                quantization_config=int8 if options["quantization"] == "int8" else None, metadata=metadata,
+            )  # fmt: skip
+        except ClientError:  # a retry after a lost answer finds it made: fine
+            if not self._call(f"cannot create {self.store}", self.client.collection_exists, self.collection):
+                raise
+
+    def _index_payload(self, info) -> None:
+        schema = info.payload_schema or {}
+        wanted = {**{f: models.PayloadSchemaType.KEYWORD for f in KEYWORD_FIELDS},
+                  **{f: models.PayloadSchemaType.FLOAT for f in NUMBER_FIELDS}}  # fmt: skip
+        for field, kind in wanted.items():
+            if field not in schema:
+                self._call(f"cannot index {field} in {self.store}", self.client.create_payload_index,
+                           self.collection, field_name=field, field_schema=kind, wait=True)  # fmt: skip
+
+    def _check_settings(self, info) -> None:
+        """Refuses options that the existing collection has other values of; learns its quantization."""
+        params, vectors = info.config.params, info.config.params.vectors
+        quantized = vectors.quantization_config or info.config.quantization_config
+        scalar = isinstance(quantized, models.ScalarQuantization) and quantized.scalar.type == models.ScalarType.INT8
+        actual = {
+            "shards": params.shard_number, "replicas": params.replication_factor,
+            "write_consistency": params.write_consistency_factor, "on_disk": bool(vectors.on_disk),
+            "quantization": "int8" if scalar else "none" if quantized is None else type(quantized).__name__,
+            "m": info.config.hnsw_config.m, "ef_construct": info.config.hnsw_config.ef_construct,
+        }  # fmt: skip
+        for name in CREATION:
+            wanted = self.location.options[name]
+            if name in self.location.given and actual[name] is not None and actual[name] != wanted:
+                raise ClientError(
+                    f"{self.store}: the collection was created with {name}={actual[name]}, not {wanted}; "
+                    "rebuild it (--rebuild) to change that, or leave the option out"
+                )
+        self.quantization = actual["quantization"]
+
+    def _first_version(self) -> str:
+        """The model version on a point: collections made before the metadata held it."""
+        points, _ = self._call(f"cannot read {self.store}", self.client.scroll, self.collection, limit=1,
+                               with_payload=["model_version"])  # fmt: skip
+        return str(points[0].payload.get("model_version", "")) if points else ""
+
+    def close(self) -> None:
+        self.client.close()
 
     def __len__(self) -> int:
-        return self.client.count(self.collection, exact=True).count
+        return self._call(f"cannot count {self.store}", self.client.count, self.collection, exact=True).count
 
     def check_version(self, model_version: str, where: str) -> None:
-        if self.model_version and model_version != self.model_version:
+        if model_version == self.model_version:
+            return
+        if len(self) > 0:
             raise version_mismatch(where, model_version, self.model_version)
+        # Nothing added yet (a build killed before its first batch): the collection takes this model.
+        self._call(f"cannot update {self.store}", self.client.update_collection, self.collection,
+                   metadata={"model_version": model_version})  # fmt: skip
         self.model_version = model_version
 
-    def known_paths(self) -> set[str]:
-        paths, offset = set(), None
+    def _pages(self, what: str, limit: int, **request) -> Iterator[list]:
+        offset = None
         while True:
-            points, offset = self.client.scroll(self.collection, limit=1024, offset=offset, with_payload=["path"])
-            paths.update(p.payload["path"] for p in points)
+            points, offset = self._call(what, self.client.scroll, self.collection, limit=limit, offset=offset,
+                                        **request)  # fmt: skip
+            yield points
             if offset is None:
-                return paths
+                return
+
+    def known_paths(self) -> set[str]:
+        paths = set()
+        for points in self._pages(f"cannot read {self.store}", 1024, with_payload=["path"], with_vectors=False):
+            paths.update(point.payload["path"] for point in points)
+        return paths
+
+    def export(self, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """Every row, as (vectors [n, dim] float32, row metadata) batches (clients/copy_store.py)."""
+        for points in self._pages(f"cannot read {self.store}", batch_size, with_payload=True, with_vectors=True):
+            if points:
+                vectors = np.asarray([point.vector for point in points], dtype=np.float32).reshape(-1, self.dim)
+                yield vectors, [payload_row(point.payload) for point in points]
 
     def add(
-        self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict] | None = None
+        self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict[str, Any]] | None = None
     ) -> None:
-        """Upserts (wait=True: durable when it returns); ids from paths, so a re-added image is replaced."""
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        """Upserts in batches of batch_size, each durable (wait=True) before the next is sent; ids
+        from paths, so a re-added image is replaced and a retried batch changes nothing."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ClientError(f"{self.store}: vectors of dimension {vectors.shape[-1]}, the gallery holds {self.dim}")
         extra = extra or [{} for _ in paths]
         points = []
         for vector, path, label, attributes in zip(vectors, paths, labels, extra, strict=True):
             payload = {**row_metadata(path, label, attributes), "model_version": self.model_version}
-            points.append(models.PointStruct(id=payload["id"], vector=vector.tolist(), payload=payload))
-        self.client.upsert(self.collection, points=points, wait=True)
+            points.append(models.PointStruct(id=payload["id"], vector=vector.tolist(), payload=stored_payload(payload)))
+        for start in range(0, len(points), self.batch_size):
+            self._call(f"cannot add to {self.store}", self.client.upsert, self.collection,
+                       points=points[start : start + self.batch_size], wait=True)  # fmt: skip
 
     def search(self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[Hit]:
-        found = self.client.query_points(
-            self.collection, query=np.asarray(query, np.float32).tolist(), limit=top_k, query_filter=to_filter(where)
-        )
+        if top_k <= 0:
+            return []
+        rescore = None
+        if self.quantization == "int8":
+            rescore = models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
+        found = self._call(
+            f"cannot search {self.store}", self.client.query_points, self.collection,
+            query=np.asarray(query, np.float32).reshape(-1).tolist(), limit=int(top_k), query_filter=to_filter(where),
+            search_params=models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore), with_payload=True,
+        )  # fmt: skip
         return [_hit(point.payload, float(point.score)) for point in found.points]
 
-    def get(self, row_id: str) -> dict | None:
+    def get(self, row_id: str) -> dict[str, Any] | None:
         try:
-            points = self.client.retrieve(self.collection, ids=[row_id], with_payload=True)
+            uuid.UUID(row_id)
         except ValueError:  # not a UUID: no such row
             return None
-        return _row(points[0].payload) if points else None
+        points = self._call(f"cannot read {self.store}", self.client.retrieve, self.collection, ids=[row_id],
+                            with_payload=True)  # fmt: skip
+        return payload_row(points[0].payload) if points else None
 
 
-def _row(payload: dict) -> dict:
-    return {key: value for key, value in payload.items() if key != "model_version"}
-
-
-def _hit(payload: dict, score: float) -> Hit:
-    return Hit(payload["path"], payload["label"], score, payload.get("id", ""), _row(payload))
+def _hit(payload: dict[str, Any], score: float) -> Hit:
+    row = payload_row(payload)
+    return Hit(row["path"], row["label"], score, row.get("id", ""), row)
 
 
 def to_filter(where: tuple[Condition, ...]):

@@ -3,17 +3,20 @@
     galleries/gallery.npz           `clients.gallery.Gallery`: one local file, exact search (the default)
     qdrant://DIR?collection=NAME    `clients.edge_store.EdgeGallery`: Qdrant Edge, the Qdrant engine in
                                     this process (HNSW, payload indexes, files under DIR/NAME; no server)
-    qdrant+http(s)://HOST:PORT/NAME `clients.qdrant_store.QdrantGallery`: a Qdrant server, through
-                                    qdrant-client
+    qdrant+http(s)://HOST:PORT/NAME `clients.qdrant_store.QdrantGallery`: a Qdrant server or cluster,
+                                    through qdrant-client (?shards=N&replicas=N&quantization=int8...)
 
 Every store keeps, per row, an embedding with its image path, label and metadata
 (clients/metadata.py), filters by it, refuses embeddings of
 another model version, and makes `add` durable before it returns (so a killed gallery build
-resumes where it stopped). Builders and queries use only what `GalleryStore` names.
+resumes where it stopped), and `export`s its rows with their vectors, so that
+clients/copy_store.py moves a gallery from any store to any other (Edge to a server, say).
+Builders and queries use only what `GalleryStore` names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +61,13 @@ class GalleryStore(Protocol):
 
     def get(self, row_id: str) -> dict[str, Any] | None:
         """The metadata of one row by its id (path, label, ...), or None."""
+
+    def export(self, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """Every row, as batches of (vectors [n, dim] float32, row metadata): what a copy to
+        another store reads (clients/copy_store.py)."""
+
+    def close(self) -> None:
+        """Releases what the store holds (an Edge shard's lock, a server connection)."""
 
 
 class VersionMismatch(ClientError):

@@ -42,6 +42,16 @@ def test_qdrant_location_without_a_directory_is_refused(tmp_path):
     assert not (ROOT / "collection").exists() and not (ROOT / "meta.json").exists()
 
 
+def test_qdrant_server_options_are_checked_before_embedding(tmp_path):
+    images = labelled(tmp_path)
+    for gallery, message in (
+        ("qdrant+http://127.0.0.1:9/cars?shards=x", "shards must be a whole number"),
+        ("qdrant+http://127.0.0.1:9/cars?replica=2", "unknown option 'replica'"),
+        ("qdrant://g?quantization=int4", "quantization must be"),
+    ):
+        one_line(client("build_gallery", str(images), "--gallery", gallery, "--url", UNREACHABLE, "--rebuild"), message)
+
+
 def test_images_without_a_class_folder_are_refused_unless_unlabelled(tmp_path):
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "car.jpg").write_bytes(b"\xff\xd8\xff")
