@@ -4,12 +4,15 @@ a Qdrant server or cluster, and back.
     python -m clients.copy_store --from qdrant://galleries/edge \\
         --to 'qdrant+http://HOST:6333/cars?shards=6&replicas=2&quantization=int8'
 
-Reads every row with its vector (`GalleryStore.export`) and adds it to the destination, which is
-created with the source's model version and dimension when it does not exist. Resumable: rows
-whose image is already in the destination are skipped and each batch is durable once added, so a
-copy that was killed completes when run again. A destination holding another model's embeddings
-or another dimension is refused. Qdrant Edge 0.9 cannot write a snapshot that a server restores
-(it only reads the server's), so this re-upload is the way from Edge to a server.
+Reads every row with its vector (`GalleryStore.export`) in steps of --batch-size rows and adds
+each step to the destination, which is created with the source's model version and dimension when
+it does not exist; a qdrant+http(s) destination sends each step as upserts of its own ?batch_size=
+points. Resumable: rows whose image is already in the destination are skipped and each step is
+durable once added, so a copy that was killed completes when run again. A destination holding
+another model's embeddings or another dimension is refused, and so is one that is the source
+spelled another way (`clients.store.same_gallery`), which --rebuild would delete before reading.
+Qdrant Edge 0.9 cannot write a snapshot that a server restores (it only reads the server's), so
+this re-upload is the way from Edge to a server.
 """
 
 from __future__ import annotations
@@ -24,18 +27,18 @@ from tqdm import tqdm
 from clients.api import ClientError
 from clients.cli import run_cli
 from clients.metadata import row_extra
-from clients.store import is_qdrant, open_store
+from clients.store import is_qdrant, open_store, same_gallery
 from core.cli import add_common_flags, parse_args, show_progress
 
-BATCH = 1024  # rows per `add`: one durable step of the copy
+BATCH = 1024  # rows read and added per step: one durable step of the copy
 NPZ_BATCH = 65_536  # a .npz file is rewritten whole at every `add`: fewer, larger steps
 
 
 def copy(source: str, destination: str, batch_size: int | None = None, rebuild: bool = False,
          progress: bool = False) -> dict:  # fmt: skip
     """Copies every row of `source` that `destination` lacks; returns a summary."""
-    if source.rstrip("/") == destination.rstrip("/"):
-        raise ClientError(f"--from and --to are the same gallery ({source})")
+    if same_gallery(source, destination):  # before opening either: --rebuild would delete the source
+        raise ClientError(f"--from {source} and --to {destination} are the same gallery")
     if not is_qdrant(destination) and Path(destination).suffix != ".npz":
         raise ClientError(f"--to {destination}: a gallery file ends in .npz (or use qdrant://DIR, qdrant+http://...)")
     batch_size = batch_size or (BATCH if is_qdrant(destination) else NPZ_BATCH)
@@ -95,7 +98,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size",
         type=int,
-        help=f"rows per durable step (default {BATCH}; {NPZ_BATCH} into a .npz file, which is rewritten at every step)",
+        help=f"rows read from --from and added to --to per durable step (default {BATCH}; {NPZ_BATCH} into a .npz "
+        "file, which is rewritten at every step); a qdrant+http(s) --to sends each step as upserts of its own "
+        "?batch_size= points (default 256)",
     )
     parser.add_argument("--rebuild", action="store_true", help="replace the destination instead of completing it")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

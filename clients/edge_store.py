@@ -204,7 +204,9 @@ class EdgeGallery:
         self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict[str, Any]] | None = None
     ) -> None:
         """Upserts (ids from paths: a re-added image is replaced), indexes what Edge's optimizer
-        plans, and flushes: durable when it returns."""
+        plans, and flushes: durable when it returns. Nothing to add: nothing done."""
+        if len(paths) == 0:
+            return
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ClientError(f"{self.store}: vectors of dimension {vectors.shape[-1]}, the gallery holds {self.dim}")

@@ -20,18 +20,24 @@ The port is 6333 unless the location names one, https included (write :443 for a
 proxy on the standard port). QDRANT_API_KEY, when set, is sent as the server's API key.
 
 The collection is made with cosine distance, payload on disk and payload indexes on make, model,
-label (keyword) and year (float, as Edge: `year>=2010` finds 2010.5). Its metadata holds this
-format, the model version and the dimension, so even an empty collection knows its model; every
-point carries its row metadata (clients/metadata.py, stored as Edge stores it) and the model
-version; ids derive from paths, so re-adding an image replaces it. `add` upserts in batches of
-batch_size, each with wait=True (durable on the server when it returns): a killed build keeps the
-batches already sent, and `known_paths` lets the next one skip them. Every request is retried with
-exponential backoff on connection errors, timeouts, 429 and 5xx answers (an upsert is idempotent,
-so a retry is safe), then fails with one line. Needs `pip install -r requirements/client-qdrant.txt`.
+label (keyword) and year (float, as Edge: `year>=2010` finds 2010.5); on a collection that already
+existed, missing indexes are made by the first `add`, so that a write refused before it changes
+nothing. Its metadata holds this format, the model version and the dimension, so even an empty
+collection knows its model; every point carries its row metadata (clients/metadata.py, stored as
+Edge stores it) and the model version; ids derive from paths, so re-adding an image replaces it. A
+collection without this format in its metadata is taken as a gallery only when its points carry
+`path` and `model_version` (one made before the metadata held them); any other, empty or not, is
+refused, and never deleted by `--rebuild`. `add` upserts in batches of batch_size, each with
+wait=True (durable on the server when it returns): a killed build keeps the batches already sent,
+and `known_paths` lets the next one skip them. Every request is retried with exponential backoff on
+connection errors, timeouts and answers 429, 500, 502, 503 and 504 (after a 429's Retry-After, up to
+RETRY_AFTER_MAX_S), as an upsert is idempotent, then fails with one line. Needs
+`pip install -r requirements/client-qdrant.txt`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 import uuid
@@ -53,12 +59,13 @@ from clients.store import Hit, version_mismatch
 try:
     from pydantic import ValidationError
     from qdrant_client import QdrantClient, models
-    from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
-    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+    from qdrant_client.common.client_exceptions import QdrantException, ResourceExhaustedResponse
+    from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
 except ImportError:  # pragma: no cover - depends on the environment
     QdrantClient = None
 
 FORMAT = "cars-gallery-qdrant/1"
+PORT = 6333  # qdrant-client's, for https too, when the location names none
 API_KEY_ENV = "QDRANT_API_KEY"
 DEFAULTS: dict[str, Any] = {
     "shards": None, "replicas": 1, "write_consistency": 1, "on_disk": False, "quantization": "none",
@@ -69,7 +76,10 @@ INTEGERS = {"shards": (1, 1024), "replicas": (1, 16), "write_consistency": (1, 1
             "ef_construct": (4, 4096), "batch_size": (1, 10_000), "retries": (1, 20)}  # fmt: skip
 TIMEOUT_S = 60  # per request: an upsert of a full batch waits until the replicas have applied it
 BACKOFF_S, BACKOFF_MAX_S = 0.5, 8.0  # 0.5, 1, 2, 4 s between the 5 default tries
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_AFTER_MAX_S = 30.0  # a 429's Retry-After is honoured up to this
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # answers worth another try; 501, 505... are not
+LOOPBACK_NAMES = ("localhost",)
+_sleep = time.sleep  # the checks replace it to see the delays
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,27 @@ def parse_location(store: str) -> Location:
     return Location(f"{url.scheme.removeprefix('qdrant+')}://{url.netloc}", collection, options, frozenset(query))
 
 
+def collection_key(store: str) -> tuple[str, int, str]:
+    """(host, port, collection) that `store` names, however it is spelled: the scheme and the
+    options ignored, the host lower-cased with localhost / 127.x / ::1 as one, the default port
+    filled in. Two locations with the same key are one collection (host names that resolve to the
+    same address are not recognised: no DNS is asked)."""
+    location = parse_location(store)
+    url = urlparse(store)
+    host = url.hostname.rstrip(".")
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is not None:
+        host = "loopback" if address.is_loopback else address.compressed
+    elif host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        host = "loopback"
+    return host, url.port or PORT, location.collection
+
+
 def _option(store: str, name: str, text: str) -> Any:
     if name == "quantization":
         if text not in QUANTIZATIONS:
@@ -145,15 +176,26 @@ def _describe(error: Exception) -> str:
 
 
 def _retry_delay(error: Exception, attempt: int) -> float | None:
-    """Seconds to wait before trying again after `error`, or None when a retry cannot help."""
+    """Seconds to wait before trying again after `error` (one qdrant-client raises for an answer
+    or its absence), or None when a retry cannot help."""
     backoff = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1))
-    if isinstance(error, ResourceExhaustedResponse):  # 429 with Retry-After
-        return min(BACKOFF_MAX_S, float(error.retry_after_s))
+    if isinstance(error, ResourceExhaustedResponse):  # 429 with a Retry-After of whole seconds
+        return min(RETRY_AFTER_MAX_S, max(0.0, float(error.retry_after_s)))
     if isinstance(error, UnexpectedResponse):
-        return backoff if error.status_code in RETRY_STATUS or (error.status_code or 0) >= 500 else None
+        return backoff if error.status_code in RETRY_STATUS else None
     if isinstance(error, ResponseHandlingException):  # no answer (refused, reset, timeout) or an unreadable one
         return None if isinstance(error.source, ValidationError) else backoff
-    return None
+    return backoff  # QdrantException: a 429 whose Retry-After is not a number of seconds
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What qdrant-client raises for an HTTP answer or its absence; anything else is a bug to see."""
+    return (ApiException, QdrantException)
+
+
+def _requested_version(create: tuple[str, int] | None) -> str:
+    """The model version a builder asks for, or "" for a reader."""
+    return create[0] if create is not None else ""
 
 
 class QdrantGallery:
@@ -162,6 +204,7 @@ class QdrantGallery:
         self.collection = location.collection
         self.batch_size, self.retries = location.options["batch_size"], location.options["retries"]
         self.model_version, self.dim, self.quantization = "", 0, location.options["quantization"]
+        self.unindexed: list[str] = []  # payload fields without their index: made before the next upsert
 
     @classmethod
     def open(cls, store: str, create: tuple[str, int] | None = None, fresh: bool = False) -> QdrantGallery:
@@ -190,38 +233,61 @@ class QdrantGallery:
         for attempt in range(1, self.retries + 1):
             try:
                 return function(*args, **kwargs)
-            except Exception as error:
+            except _transport_errors() as error:
                 delay = _retry_delay(error, attempt)
                 if delay is None:
                     raise ClientError(f"{what}: {_describe(error)}") from None
                 if attempt == self.retries:
                     raise ClientError(f"{what}: gave up after {attempt} tries: {_describe(error)}") from None
-                time.sleep(delay)
+                _sleep(delay)
 
     def _open(self, create: tuple[str, int] | None, fresh: bool) -> None:
         opening = f"cannot open Qdrant gallery {self.store}"
-        exists = self._call(opening, self.client.collection_exists, self.collection)
-        if exists and fresh and create is not None:
-            self._call(f"cannot replace {self.store}", self.client.delete_collection, self.collection)
-            exists = False
-        if not exists:
+        info, created = None, False
+        if self._call(opening, self.client.collection_exists, self.collection):
+            info = self._call(opening, self.client.get_collection, self.collection)
+            version = self._recognise(info)  # refuses another's collection: never read, adopted or deleted
+            if fresh and create is not None:
+                self._call(f"cannot replace {self.store}", self.client.delete_collection, self.collection)
+                info = None
+        if info is None:
             if create is None:
                 raise ClientError(
                     f"no gallery at {self.store}: build one first (make gallery IMAGES=DIR GALLERY={self.store})"
                 )
-            self._create(*create)
-        info = self._call(opening, self.client.get_collection, self.collection)
-        metadata = info.config.metadata or {}
-        vectors = info.config.params.vectors
-        if metadata.get("format", FORMAT) != FORMAT or not isinstance(vectors, models.VectorParams):
-            raise ClientError(f"{self.store}: collection {self.collection!r} is not a gallery of this project")
-        self.dim = int(vectors.size)
+            created = self._create(*create)
+            info = self._call(opening, self.client.get_collection, self.collection)
+            # Made now: ours, whether or not the server kept its metadata; made meanwhile by another: look.
+            version = create[0] if created else self._recognise(info)
+        self.dim = int(info.config.params.vectors.size)
         self._check_settings(info)
-        self.model_version = str(metadata.get("model_version") or self._first_version() or (create or ("",))[0])
-        if create is not None:  # a builder: finish what a killed creation left undone
-            self._index_payload(info)
+        self.model_version = version or _requested_version(create)
+        wanted = [*KEYWORD_FIELDS, *NUMBER_FIELDS]
+        self.unindexed = [field for field in wanted if field not in (info.payload_schema or {})]
+        if created:  # before any point; an existing collection's missing ones wait for the first `add`
+            self._index_payload()
 
-    def _create(self, model_version: str, dim: int) -> None:
+    def _recognise(self, info) -> str:
+        """The model version of an existing collection of this project; ClientError for another's."""
+        metadata = info.config.metadata or {}
+        foreign = f"{self.store}: collection {self.collection!r} is not a gallery of this project"
+        if not isinstance(info.config.params.vectors, models.VectorParams):
+            raise ClientError(f"{foreign} (it has named vectors); use another collection name")
+        if "format" in metadata:
+            if metadata["format"] != FORMAT:
+                raise ClientError(f"{foreign} (format {metadata['format']!r}); use another collection name")
+            return str(metadata.get("model_version") or (self._first_payload() or {}).get("model_version") or "")
+        # No metadata of ours: a gallery made before the metadata held the version, or someone else's.
+        first = self._first_payload()
+        if first is None:
+            raise ClientError(f"{foreign} (no gallery metadata and no points); use another collection name")
+        if "path" not in first or "model_version" not in first:
+            raise ClientError(f"{foreign} (its points carry no path and model_version); use another collection name")
+        return str(first["model_version"])
+
+    def _create(self, model_version: str, dim: int) -> bool:
+        """Creates the collection: True, or False when it was there by then (made by another
+        process, or by the lost first try of this one)."""
         options = self.location.options
         int8 = models.ScalarQuantization(
             scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
@@ -242,15 +308,18 @@ class QdrantGallery:
         except ClientError:  # a retry after a lost answer finds it made: fine
             if not self._call(f"cannot create {self.store}", self.client.collection_exists, self.collection):
                 raise
+            return False
+        return True
 
-    def _index_payload(self, info) -> None:
-        schema = info.payload_schema or {}
-        wanted = {**{f: models.PayloadSchemaType.KEYWORD for f in KEYWORD_FIELDS},
-                  **{f: models.PayloadSchemaType.FLOAT for f in NUMBER_FIELDS}}  # fmt: skip
-        for field, kind in wanted.items():
-            if field not in schema:
-                self._call(f"cannot index {field} in {self.store}", self.client.create_payload_index,
-                           self.collection, field_name=field, field_schema=kind, wait=True)  # fmt: skip
+    def _index_payload(self) -> None:
+        """Makes the payload indexes the collection lacks (all of them when new, those a killed
+        creation left undone otherwise)."""
+        while self.unindexed:
+            field = self.unindexed[0]
+            kind = models.PayloadSchemaType.FLOAT if field in NUMBER_FIELDS else models.PayloadSchemaType.KEYWORD
+            self._call(f"cannot index {field} in {self.store}", self.client.create_payload_index,
+                       self.collection, field_name=field, field_schema=kind, wait=True)  # fmt: skip
+            self.unindexed.pop(0)
 
     def _check_settings(self, info) -> None:
         """Refuses options that the existing collection has other values of; learns its quantization."""
@@ -272,11 +341,12 @@ class QdrantGallery:
                 )
         self.quantization = actual["quantization"]
 
-    def _first_version(self) -> str:
-        """The model version on a point: collections made before the metadata held it."""
+    def _first_payload(self) -> dict[str, Any] | None:
+        """The path and model version of one point (None when there is none), which tell a gallery
+        made before the collection metadata held its model."""
         points, _ = self._call(f"cannot read {self.store}", self.client.scroll, self.collection, limit=1,
-                               with_payload=["model_version"])  # fmt: skip
-        return str(points[0].payload.get("model_version", "")) if points else ""
+                               with_payload=["path", "model_version"], with_vectors=False)  # fmt: skip
+        return (points[0].payload or {}) if points else None
 
     def close(self) -> None:
         self.client.close()
@@ -320,10 +390,14 @@ class QdrantGallery:
         self, vectors: np.ndarray, paths: list[str], labels: list[str], extra: list[dict[str, Any]] | None = None
     ) -> None:
         """Upserts in batches of batch_size, each durable (wait=True) before the next is sent; ids
-        from paths, so a re-added image is replaced and a retried batch changes nothing."""
+        from paths, so a re-added image is replaced and a retried batch changes nothing. Nothing to
+        add: nothing sent."""
+        if len(paths) == 0:
+            return
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ClientError(f"{self.store}: vectors of dimension {vectors.shape[-1]}, the gallery holds {self.dim}")
+        self._index_payload()  # an existing collection's missing indexes: only once a write is certain
         extra = extra or [{} for _ in paths]
         points = []
         for vector, path, label, attributes in zip(vectors, paths, labels, extra, strict=True):

@@ -16,6 +16,7 @@ Builders and queries use only what `GalleryStore` names.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,42 @@ def version_mismatch(where: str, served: str, built_with: str) -> ClientError:
 
 def is_qdrant(store: str) -> bool:
     return store.startswith(QDRANT_SCHEMES)
+
+
+def gallery_key(store: str) -> tuple:
+    """What `store` names, however it is spelled (ClientError for a location that is not valid):
+    a file's resolved path; an Edge gallery's resolved directory and collection; a server
+    collection's host, port and name (`clients.qdrant_store.collection_key`). Options are ignored:
+    they tune a gallery, they do not name another."""
+    if store.startswith("qdrant://"):
+        from clients.edge_store import parse_location
+
+        directory, collection, _ = parse_location(store)
+        try:
+            return ("edge", str(directory.resolve()), collection)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ClientError(f"{store}: not a usable directory ({error})") from None
+    if is_qdrant(store):
+        from clients.qdrant_store import collection_key
+
+        return ("server", *collection_key(store))
+    try:
+        return ("file", str(Path(store).resolve()))
+    except (OSError, RuntimeError, ValueError) as error:  # a link loop, a NUL in the name
+        raise ClientError(f"{store}: not a usable file name ({error})") from None
+
+
+def same_gallery(first: str, second: str) -> bool:
+    """Whether two locations name one gallery (a file or folder reached through two links too)."""
+    a, b = gallery_key(first), gallery_key(second)
+    if a == b:
+        return True
+    if a[0] != b[0] or a[0] == "server" or a[2:] != b[2:]:
+        return False
+    try:  # hard links, bind mounts, case-insensitive file systems: same only if both exist
+        return os.path.samefile(a[1], b[1])
+    except OSError:
+        return False
 
 
 def open_store(store: str, create: tuple[str, int] | None = None, fresh: bool = False) -> GalleryStore:

@@ -6,8 +6,9 @@ installed, and this file as a script under the thin client venv (which has them 
     .venv-client/bin/python tests/clients/qdrant_checks.py [NAME ...]
 
 No Qdrant server can run here, so the server store is checked by contract: qdrant-client talks to
-a stand-in (tests/clients/qdrant_standin.py) that records each request, and every body must
-validate against qdrant-client's own REST models and carry what the store promises. Copies run
+a stand-in (tests/clients/qdrant_standin.py) that records each request; every body must parse
+back with qdrant-client's own REST models (the shape the client built) and, by field-by-field
+asserts, carry what the store promises. Whether a real server accepts them is not tested here. Copies run
 between real stores: Qdrant Edge (the Qdrant engine in process), .npz files, and the stand-in.
 """
 
@@ -43,6 +44,18 @@ FILTER = {  # WHERE as the Qdrant REST filter: numbers are ranges, `!=` is a mus
     ],
     "must_not": [{"key": "make", "match": {"value": "BMW"}}],
 }
+
+
+@contextmanager
+def recorded_sleeps():
+    """The delays the store waits between tries, recorded instead of slept."""
+    delays: list[float] = []
+    before = qdrant_store._sleep
+    qdrant_store._sleep = delays.append
+    try:
+        yield delays
+    finally:
+        qdrant_store._sleep = before
 
 
 @contextmanager
@@ -164,7 +177,19 @@ def check_transient_errors_are_retried_then_one_line(tmp: Path) -> None:
         assert "gave up" not in message and len(standin.calls("PUT", points)) == before + 1
         standin.fail("POST", "/collections/cars/points/query", 500, times=2)
         assert store.search(vectors[0], 1)[0].path == "/cars/0000.jpg"  # reads retry too
+        standin.fail("POST", "/collections/cars/points/count", 501, times=1)  # not implemented: no retry
+        one_line_error(lambda: len(store), "cannot count", "HTTP 501")
         assert_contract(standin)
+    with StandIn() as standin, recorded_sleeps() as delays:
+        store = open_store(standin.location("cars", "?retries=3"), create=("v1", DIM))
+        points = "/collections/cars/points"
+        standin.fail("PUT", points, 429, times=1, headers={"Retry-After": "7"})  # the server's wait, honoured
+        standin.fail("PUT", points, 429, times=1, headers={"Retry-After": "3600"})  # capped
+        fill(store, vectors)
+        assert delays == [7.0, qdrant_store.RETRY_AFTER_MAX_S] and len(store) == 10
+        standin.fail("PUT", points, 429, times=1, headers={"Retry-After": "soon"})  # not seconds: the backoff
+        fill(store, vectors)
+        assert delays[2:] == [qdrant_store.BACKOFF_S] and len(standin.calls("PUT", points)) == 5
     # Nothing listens there any more: connection errors are retried, then one line.
     one_line_error(lambda: open_store(standin.location("cars", "?retries=2")), "cannot open Qdrant gallery",
                    "gave up after 2 tries")  # fmt: skip
@@ -227,9 +252,110 @@ def check_model_version_is_kept_and_checked(tmp: Path) -> None:
         standin.collections["old"] = {**standin.collections["cars"], "metadata": None}
         assert open_store(standin.location("old")).model_version == "v1"
         standin.collections["other"] = {**standin.collections["cars"], "metadata": {"format": "someone-else/1"}}
-        one_line_error(lambda: open_store(standin.location("other")), "not a gallery of this project")
+        one_line_error(lambda: open_store(standin.location("other")), "not a gallery of this project", "someone-else")
         one_line_error(lambda: open_store(standin.location("missing")), "no gallery at", "make gallery")
         assert_contract(standin)
+
+
+def foreign_collection(standin: StandIn, name: str, points: int) -> None:
+    """A collection this project did not make: no metadata, points without path or model version."""
+    vectors = unit_rows(max(points, 1), DIM)
+    standin.collections[name] = {
+        "config": {"vectors": {"size": DIM, "distance": "Cosine"}}, "indexes": {}, "metadata": None,
+        "points": {f"00000000-0000-0000-0000-{i:012d}": (vectors[i], {"title": f"doc {i}"}) for i in range(points)},
+    }  # fmt: skip
+
+
+def check_a_collection_of_another_project_is_refused_untouched(tmp: Path) -> None:
+    with StandIn() as standin:
+        foreign_collection(standin, "docs", 5)
+        foreign_collection(standin, "empty", 0)
+        npz, source = str(tmp / "out.npz"), tmp / "in.npz"
+        Gallery("v1", DIM, path=source).add(unit_rows(3, DIM), *[x[:3] for x in rows_metadata(3)])
+        for name in ("docs", "empty"):
+            before = len(standin.requests)
+            location = standin.location(name)
+            fragment = "no gallery metadata and no points" if name == "empty" else "carry no path and model_version"
+            for work in (
+                lambda at=location: open_store(at),  # a query
+                lambda at=location: open_store(at, create=("v1", DIM)),  # a build: not adopted
+                lambda at=location: open_store(at, create=("v1", DIM), fresh=True),  # a --rebuild: not deleted
+                lambda at=location: copy(at, npz),  # the traceback this was: KeyError 'path'
+                lambda at=location: copy(str(source), at),  # a copy into it: neither adopted
+                lambda at=location: copy(str(source), at, rebuild=True),  # nor deleted
+            ):
+                one_line_error(work, f"collection {name!r} is not a gallery of this project", fragment)
+            writes = [r for r in standin.requests[before:] if r.method in ("PUT", "PATCH", "DELETE")]
+            assert writes == [] and name in standin.collections, writes
+        assert len(standin.collections["docs"]["points"]) == 5
+        # A collection with named vectors is not one either, whatever its metadata.
+        standin.collections["named"] = {**standin.collections["empty"], "config": {"vectors": {"image": {
+            "size": DIM, "distance": "Cosine"}}}, "metadata": {"format": qdrant_store.FORMAT}}  # fmt: skip
+        one_line_error(lambda: open_store(standin.location("named")), "not a gallery", "named vectors")
+        assert_contract(standin)
+
+
+def check_a_refused_destination_is_left_as_it_was(tmp: Path) -> None:
+    """No payload index is made on an existing collection before the copy's checks refuse it, and
+    an empty `add` sends nothing."""
+    edge, _, vectors, location = build(tmp)
+    edge.close()
+    with StandIn() as standin:
+        for name, version, dim in (("v2", "v2", DIM), ("wide", "v1", DIM * 2)):
+            other = open_store(standin.location(name), create=(version, dim))
+            other.add(unit_rows(3, dim), *[x[:3] for x in rows_metadata(3)])
+            other.close()
+            standin.collections[name]["indexes"].clear()  # as a creation killed before its indexes
+        before = len(standin.requests)
+        one_line_error(lambda: copy(location, standin.location("v2")), "holds embeddings of model v2")
+        one_line_error(lambda: copy(location, standin.location("wide")), "64-dimensional")
+        assert [r for r in standin.requests[before:] if r.method in ("PUT", "PATCH", "DELETE")] == []
+        # A build that does write makes the missing indexes first, then upserts.
+        store = open_store(standin.location("v2"), create=("v2", DIM))
+        before = len(standin.requests)
+        store.add([], [], [])  # nothing to add: nothing sent, as the other stores
+        store.add(np.zeros((0, DIM)), [], [], [])
+        assert len(standin.requests) == before
+        fill(store, vectors, 5)
+        sent = [(r.method, r.path) for r in standin.requests[before:]]
+        assert sent == [("PUT", "/collections/v2/index")] * 4 + [("PUT", "/collections/v2/points")], sent
+        assert set(standin.collections["v2"]["indexes"]) == {"make", "model", "label", "year"}
+        assert_contract(standin)
+
+
+def check_copy_refuses_the_source_spelled_another_way(tmp: Path) -> None:
+    """--rebuild deletes the destination before reading the source: one collection, file or Edge
+    folder named two ways is refused before any request."""
+    _, vectors = reference(20)
+    with StandIn() as standin:
+        port = standin.server.server_address[1]
+        source = standin.location("cars")
+        fill(open_store(source, create=("v1", DIM)), vectors)
+        before = len(standin.requests)
+        for same in (
+            f"{source}?batch_size=10", f"qdrant+http://127.0.0.1:{port}/", f"qdrant+http://127.0.0.1:{port}//cars/",
+            f"qdrant+http://localhost:{port}/cars", f"qdrant+https://LocalHost.:{port}/cars?retries=2",
+            f"qdrant+http://[::1]:{port}/cars?shards=2&replicas=2", f"qdrant+http://127.0.0.2:{port}/cars",
+        ):  # fmt: skip
+            one_line_error(lambda d=same: copy(source, d, rebuild=True), "are the same gallery")
+            one_line_error(lambda d=same: copy(d, source, rebuild=True), "are the same gallery")
+        assert len(standin.requests) == before and len(standin.collections["cars"]["points"]) == 20
+        # Another collection, or another port, is another gallery.
+        assert copy(source, standin.location("copy"), rebuild=True)["copied"] == 20
+        assert copy(source, f"qdrant+http://localhost:{port}/copy", rebuild=True)["copied"] == 20
+        assert len(standin.collections["cars"]["points"]) == 20
+    edge, _, _, location = build(tmp)  # qdrant://TMP/g, collection cars
+    edge.close()
+    os.chdir(tmp)
+    for same in ("qdrant://g?collection=cars", "qdrant://./g/?quantization=int8", f"qdrant://{tmp}/../{tmp.name}/g"):
+        one_line_error(lambda d=same: copy(location, d, rebuild=True), "are the same gallery")
+    assert len(open_store(location)) == 300
+    assert copy(location, "qdrant://g?collection=other")["copied"] == 300  # another collection in that folder
+    Gallery("v1", DIM, path=tmp / "a.npz").add(vectors[:4], *[x[:4] for x in rows_metadata(4)])
+    (tmp / "link.npz").symlink_to(tmp / "a.npz")
+    for same in ("a.npz", "./a.npz", str(tmp / "link.npz")):
+        one_line_error(lambda d=same: copy(str(tmp / "a.npz"), d, rebuild=True), "are the same gallery")
+    assert len(Gallery.load(tmp / "a.npz")) == 4
 
 
 def check_bad_locations_are_one_line_errors_before_any_request(tmp: Path) -> None:

@@ -6,7 +6,8 @@ stand-in listens on a free port of 127.0.0.1, records every request (method, pat
 body) and answers with minimal valid Qdrant responses: collections and points kept in memory,
 scroll, count and retrieve over them, and queries scored by brute-force cosine **without applying
 their filter** (a filter's shape is checked, not evaluated: the real engine's filtering is tested
-through Qdrant Edge). `fail` makes it answer the next requests of a route with an error status.
+through Qdrant Edge). `fail` makes it answer the next requests of a route with an error status
+(and headers, such as a 429's Retry-After).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class StandIn:
     def __init__(self) -> None:
         self.requests: list[Request] = []
         self.collections: dict[str, dict[str, Any]] = {}
-        self.failures: list[list] = []  # [method, path pattern, status, times left, requests to let through first]
+        # [method, path pattern, status, times left, requests to let through first, headers]
+        self.failures: list[list] = []
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"standin": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -76,18 +78,21 @@ class StandIn:
     def location(self, collection: str = "cars", options: str = "") -> str:
         return f"qdrant+http://127.0.0.1:{self.server.server_address[1]}/{collection}{options}"
 
-    def fail(self, method: str, pattern: str, status: int, times: int, after: int = 0) -> None:
-        """Answers `times` requests of `method` on a path matching `pattern` with `status`, once
-        `after` such requests have been answered normally."""
+    def fail(
+        self, method: str, pattern: str, status: int, times: int, after: int = 0, headers: dict | None = None
+    ) -> None:
+        """Answers `times` requests of `method` on a path matching `pattern` with `status` (and
+        `headers`), once `after` such requests have been answered normally."""
         with self.lock:
-            self.failures.append([method, pattern, status, times, after])
+            self.failures.append([method, pattern, status, times, after, headers or {}])
 
     def calls(self, method: str, pattern: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and re.fullmatch(pattern, r.path)]
 
     # The server side -----------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple:
+        """(status, JSON answer) or (status, JSON answer, headers)."""
         with self.lock:
             self.requests.append(Request(method, path, query, body))
             for failure in self.failures:
@@ -96,7 +101,8 @@ class StandIn:
                         failure[4] -= 1
                         break
                     failure[3] -= 1
-                    return failure[2], {"status": {"error": f"stand-in: injected {failure[2]}"}, "time": 0.0}
+                    error = {"status": {"error": f"stand-in: injected {failure[2]}"}, "time": 0.0}
+                    return failure[2], error, failure[5]
             if method == "GET" and path == "/":
                 return 200, {"title": "qdrant - vector search engine", "version": "1.20.0"}
             match = re.fullmatch(r"/collections/([^/]+)(/.*)?", path)
@@ -204,12 +210,16 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        headers: dict[str, str] = {}
         try:
-            status, answer = self.standin.handle(self.command, url.path, query, body)
+            status, answer, *more = self.standin.handle(self.command, url.path, query, body)
+            headers = more[0] if more else {}
         except Exception as error:  # a stand-in bug: a 500 the test sees, not a dropped connection
             status, answer = 500, {"status": {"error": f"stand-in: {type(error).__name__}: {error}"}, "time": 0.0}
         data = json.dumps(answer).encode()
         self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -19,7 +19,8 @@ import pytest
 from clients.api import ClientError
 from clients.copy_store import copy
 from clients.gallery import Gallery
-from clients.qdrant_store import DEFAULTS, parse_location
+from clients.qdrant_store import DEFAULTS, collection_key, parse_location
+from clients.store import same_gallery
 from tests.clients.edge_checks import rows_metadata, unit_rows
 from tests.clients.test_end_to_end import CLIENT_PY
 from tests.conftest import ROOT
@@ -66,9 +67,37 @@ def test_location_options_and_defaults():
     plain = parse_location("qdrant+http://127.0.0.1:6333/")
     assert (plain.url, plain.collection, plain.given) == ("http://127.0.0.1:6333", "cars", frozenset())
     assert (plain.options["batch_size"], plain.options["retries"], plain.options["replicas"]) == (256, 5, 1)
-    for bad in ("qdrant+http://h/c?shards=", "qdrant+http://h/c?x=1", "qdrant+http://h/c?m=2", "qdrant://h/c", "qdrant+http://h:x/c"):
-        with pytest.raises(ClientError):
+    for bad, message in (
+        ("qdrant+http://h/c?shards=", "shards must be a whole number"), ("qdrant+http://h/c?x=1", "unknown option 'x'"),
+        ("qdrant+http://h/c?m=2", "m must be a whole number from 4"), ("qdrant://h/c", "qdrant://DIR is Qdrant Edge"),
+        ("qdrant+http://h:x/c", "the port must be a number"),
+    ):  # fmt: skip
+        with pytest.raises(ClientError, match=message):
             parse_location(bad)
+
+
+def test_one_collection_spelled_differently_has_one_key():
+    key = ("loopback", 6333, "cars")
+    for same in ("qdrant+http://127.0.0.1:6333/cars", "qdrant+http://localhost/cars?batch_size=10",
+                 "qdrant+https://LOCALHOST.:6333/", "qdrant+http://[::1]:6333//cars/?shards=2",
+                 "qdrant+http://[::ffff:127.0.0.1]/cars"):  # fmt: skip
+        assert collection_key(same) == key, same
+    assert collection_key("qdrant+https://DB.example.com/x?replicas=2") == ("db.example.com", 6333, "x")
+    assert collection_key("qdrant+http://[2001:db8:0::1]:443/x")[:2] == ("2001:db8::1", 443)
+    for other in ("qdrant+http://127.0.0.1:6334/cars", "qdrant+http://127.0.0.1/other", "qdrant+http://db/cars"):
+        assert collection_key(other) != key, other
+
+
+def test_same_gallery_compares_what_locations_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    assert same_gallery("a.npz", "./a.npz") and same_gallery("a.npz", str(tmp_path / "d" / ".." / "a.npz"))
+    assert same_gallery("qdrant://g", f"qdrant://{tmp_path}/g/?collection=cars&quantization=int8")
+    assert same_gallery("qdrant+http://localhost/cars", "qdrant+http://127.0.0.1:6333/?retries=2")
+    assert not same_gallery("a.npz", "b.npz") and not same_gallery("qdrant://g", "qdrant://g?collection=other")
+    assert not same_gallery("qdrant://g", "g") and not same_gallery("qdrant://g", "qdrant+http://g/cars")
+    with pytest.raises(ClientError, match="unknown option 'x'"):
+        same_gallery("a.npz", "qdrant+http://h/c?x=1")
 
 
 def npz(path, version: str, n: int, dim: int = 16) -> Gallery:
@@ -89,6 +118,15 @@ def test_npz_copy_keeps_rows_resumes_and_refuses_another_model(tmp_path):
     npz(tmp_path / "v2.npz", "v2", 5)
     with pytest.raises(ClientError, match="holds embeddings of model v2"):
         copy(str(tmp_path / "a.npz"), str(tmp_path / "v2.npz"))
+
+
+def test_npz_copy_onto_itself_spelled_another_way_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    npz(tmp_path / "a.npz", "v1", 7)
+    for source, destination in (("a.npz", "./a.npz"), ("./a.npz", str(tmp_path / "a.npz"))):
+        with pytest.raises(ClientError, match="are the same gallery"):
+            copy(source, destination, rebuild=True)
+    assert len(Gallery.load(tmp_path / "a.npz")) == 7
 
 
 @NEEDS_CLIENT_VENV
