@@ -9,6 +9,7 @@ results, not bar redraws.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from importlib import metadata
@@ -74,9 +75,14 @@ def progress_shown() -> bool:
 
 
 def show_progress(wanted: bool = True) -> bool:
-    """Progress bars on a terminal only, and only if `wanted`: tqdm (ours, Lightning's and
-    quaterion's) reads TQDM_DISABLE at every bar it makes."""
+    """Progress bars on a terminal only, and only if `wanted`. tqdm reads TQDM_DISABLE when it is
+    imported (child processes, a tqdm not imported yet); a tqdm already imported, whose bars
+    quaterion makes while evaluating, gets `disable=True` as its default instead."""
     enabled = wanted and sys.stderr.isatty()
     if not enabled:
         os.environ["TQDM_DISABLE"] = "1"
+        if "tqdm" in sys.modules:
+            import tqdm
+
+            tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
     return enabled

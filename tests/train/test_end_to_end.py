@@ -54,6 +54,7 @@ def test_tuned_beats_base_on_held_out_classes(trained, synthetic_data):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report == json.loads((run_dir / "eval.json").read_text())
+    assert "%|" not in result.stderr and "Encoding" in result.stderr  # no progress bar off a terminal
     assert set(report) >= {"base", "tuned", "classes", "images", "data"}
     assert report["classes"] == 12 and report["images"] == 360 and report["classes_seen_in_training"] == 0
     for model in ("base", "tuned"):
