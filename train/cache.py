@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,13 @@ class CacheDirectory:
 
 
 class PublishCache(pl.Callback):
-    """Publishes the cache when training starts, i.e. right after Quaterion has filled and saved it."""
+    """Publishes the cache when training starts, i.e. right after Quaterion has filled and saved it;
+    notes when that was, so run.json can say how the time divides between the cache and the epochs."""
 
     def __init__(self, cache: CacheDirectory):
         self.cache = cache
+        self.filled_at: float | None = None  # time.perf_counter() when the first epoch could start
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.filled_at = time.perf_counter()
         self.cache.publish()

@@ -230,9 +230,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if loaders.val is not None:
         monitor, higher_is_better = SELECT_BY_METRIC[config.select_by]
         callbacks.append(EarlyStopping(monitor, patience=config.patience, mode="max" if higher_is_better else "min"))
-    if cache:
-        callbacks.append(PublishCache(cache))
+    publish = PublishCache(cache) if cache else None
+    if publish:
+        callbacks.append(publish)
     trainer = make_trainer(config, callbacks)
+    cache_reused = bool(cache and cache.ready)
     started = time.perf_counter()
     try:
         Quaterion.fit(model, trainer, loaders.train, loaders.val, ckpt_path=resume_from)
@@ -253,7 +255,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "encoder": {**encoder_identity(config), "embedding_size": model.encoder.embedding_size},
         "embedding_size": model.model.head.output_size,
         "preprocessing": preprocessing.to_dict(),
-        "cache": {"fingerprint": cache.fingerprint if cache else None, "dir": str(cache.final) if cache else None},
+        "cache": {
+            "fingerprint": cache.fingerprint if cache else None,
+            "dir": str(cache.final) if cache else None,
+            "reused": cache_reused,
+        },
         "metrics": {
             "last": plain_metric_names(trainer.callback_metrics),
             "best_epoch": best.best_epoch,
@@ -262,6 +268,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "best_validation_score": None if best.best_epoch is None else round(best.best_score, 6),
             "epochs_run": trainer.current_epoch,
             "train_seconds": round(train_seconds, 1),
+            # Of which the encoder cache (filled, or read back when reused) before the first epoch:
+            "cache_seconds": round(publish.filled_at - started, 1) if publish and publish.filled_at else None,
             "resumed": resume_from is not None,
         },
         "versions": versions(),

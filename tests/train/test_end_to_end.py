@@ -69,7 +69,8 @@ def test_same_inputs_reuse_the_cache_and_a_change_makes_a_new_one(trained, synth
     cache_file = Path(first["cache"]["dir"]) / "encoders" / "default"
     filled_at = cache_file.stat().st_mtime_ns
     again = train(synthetic_data, root / "again", root / "cache")
-    assert again["cache"] == first["cache"]
+    assert {**again["cache"], "reused": False} == first["cache"] and again["cache"]["reused"]
+    assert first["metrics"]["cache_seconds"] > again["metrics"]["cache_seconds"] >= 0
     assert cache_file.stat().st_mtime_ns == filled_at  # loaded, not refilled
     assert again["model_version"] == first["model_version"]  # seeded training is reproducible
     changed = train(synthetic_data, root / "changed", root / "cache", "--input-size", "48", "--epochs", "2")
