@@ -39,7 +39,10 @@ def fold_row(folder: Path, name: str, fold: int) -> dict:
     run_json, eval_json = folder / f"{name}-f{fold}" / "run.json", folder / f"{name}-f{fold}.eval.json"
     if not run_json.is_file() or not eval_json.is_file():
         raise UsageError(f"{name} fold {fold}: no finished run and evaluation under {folder}")
-    run, report = json.loads(run_json.read_text()), json.loads(eval_json.read_text())
+    try:
+        run, report = json.loads(run_json.read_text()), json.loads(eval_json.read_text())
+    except json.JSONDecodeError:  # an evaluation still writing its output
+        raise UsageError(f"{name} fold {fold}: its evaluation has not finished ({eval_json})") from None
     metrics = run["metrics"]
     return {
         "recipe": name,

@@ -78,8 +78,9 @@ class TrainConfig:
     recipe: str = option(
         "training",
         "named settings, scaled to the backbone (flags you set win): seed = Quaterion's tutorial (frozen "
-        "backbone); finetune = the top third fine-tuned on cached augmented views; full = every stage on fresh "
-        "views (GPU); auto = full on a GPU, else finetune. docs/quality.md compares them",
+        "backbone); seed-336 = at 336 px; seed-views = with 4 cached augmented views per image; finetune = the "
+        f"top third fine-tuned on cached augmented views; full = every stage on fresh views (GPU); auto = "
+        f"{recipes.GPU_DEFAULT} on a GPU, else {recipes.CPU_DEFAULT}. docs/quality.md compares them",
         recipes.AUTO,
         choices=recipes.CHOICES,
     )
@@ -156,7 +157,7 @@ class TrainConfig:
 
     def with_recipe(self) -> TrainConfig:
         """The config with its recipe's settings filled in (except those the user set), and the
-        recipe's concrete name ("auto" becomes "full" or "finetune")."""
+        recipe's concrete name ("auto" becomes recipes.GPU_DEFAULT or recipes.CPU_DEFAULT)."""
         settings = recipes.resolve(self.recipe, self.backbone, self.user_set)
         return self.replace(**settings, recipe=recipes.pick(self.recipe))
 

@@ -31,6 +31,17 @@ RECIPES: dict[str, Recipe] = {
         "random batches, epoch picked by validation loss",
         0.0,
     ),
+    "seed-336": Recipe(
+        "the seed recipe on 336 px inputs (the photos' detail that 224 px drops; 2.25x the compute per image, "
+        "in training and serving)",
+        0.0,
+        {"input_size": 336},
+    ),
+    "seed-views": Recipe(
+        "the seed recipe (frozen backbone) with 4 augmented views per training image held in the encoder cache",
+        0.0,
+        {"augment_copies": 4},
+    ),
     "finetune": Recipe(
         "the top third of the backbone fine-tuned (BatchNorm statistics frozen) on 8 augmented views per image "
         "held in the encoder cache, class-balanced batches, epoch picked by validation R-precision",
@@ -44,7 +55,14 @@ RECIPES: dict[str, Recipe] = {
         {"sampler": "balanced", "augment": True, "no_cache": True, "select_by": "r_precision", "epochs": 30},
     ),
 }
-AUTO = "auto"  # "full" when a GPU is there, else "finetune"
+AUTO = "auto"  # GPU_DEFAULT when a GPU is there, else CPU_DEFAULT
+# On a CPU: the seed recipe. On make-disjoint folds (docs/quality.md) no other recipe beat it by a
+# choice made without the held-out makes: fine-tuning, which validation favours, lost on all three
+# metrics, and the frozen variants moved them by less than the folds differ.
+CPU_DEFAULT = "seed"
+# What issue 19 asks of a GPU: the whole network tuned on fresh views. Not measured yet (the GPU
+# issue's figure); on this project's small CPU folds, fine-tuning lost to the frozen backbone.
+GPU_DEFAULT = "full"
 CHOICES = (AUTO, *RECIPES)
 
 
@@ -52,7 +70,7 @@ def pick(name: str, gpu: bool | None = None) -> str:
     """The concrete recipe `name` stands for on this machine."""
     if name != AUTO:
         return name
-    return "full" if (torch.cuda.is_available() if gpu is None else gpu) else "finetune"
+    return GPU_DEFAULT if (torch.cuda.is_available() if gpu is None else gpu) else CPU_DEFAULT
 
 
 def trainable_blocks(recipe: Recipe, backbone: str) -> int:

@@ -176,13 +176,15 @@ def test_recipes_scale_to_each_backbone_family(backbone, finetune, full):
     assert recipes.resolve("finetune", backbone, frozenset())["trainable_blocks"] == finetune
     assert recipes.resolve("full", backbone, frozenset())["trainable_blocks"] == full
     assert recipes.resolve("seed", backbone, frozenset()) == {}
+    assert recipes.resolve("seed-336", backbone, frozenset()) == {"input_size": 336}
 
 
 def test_flags_the_user_sets_win_over_the_recipe():
     settings = recipes.resolve("finetune", "mobilenet_v2", frozenset({"trainable_blocks", "epochs"}))
     assert "trainable_blocks" not in settings and "epochs" not in settings
     assert settings["augment_copies"] == 8 and settings["sampler"] == "balanced"
-    assert recipes.pick("auto", gpu=True) == "full" and recipes.pick("auto", gpu=False) == "finetune"
+    assert recipes.pick("auto", gpu=True) == "full" and recipes.pick("auto", gpu=False) == recipes.CPU_DEFAULT
+    assert recipes.CPU_DEFAULT in recipes.RECIPES
     with pytest.raises(UsageError, match="--recipe finetune fine-tunes part of the backbone"):
         recipes.resolve("finetune", "regnet_x_400mf", frozenset())
 
