@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from clients.store import open_store
 
 if not __package__:  # run as a script: the repository's tests/ is not installed, so put it on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.clients import edge_checks  # noqa: E402
 from tests.clients.edge_checks import assert_same_top_k, build, one_line_error, rows_metadata, unit_rows  # noqa: E402
 from tests.clients.qdrant_standin import StandIn  # noqa: E402
 
@@ -459,21 +459,7 @@ CHECKS = {name: function for name, function in sorted(globals().items()) if name
 
 
 def main(names: list[str]) -> int:
-    """Runs the checks named (all by default), each in a fresh temporary directory."""
-    failed = 0
-    for name in names or list(CHECKS):
-        with tempfile.TemporaryDirectory() as tmp:
-            cwd = os.getcwd()
-            try:
-                CHECKS[name](Path(tmp))
-                print(f"ok   {name}", flush=True)
-            except Exception as error:  # report every check, then fail
-                failed += 1
-                print(f"FAIL {name}: {type(error).__name__}: {error}", flush=True)
-            finally:
-                os.chdir(cwd)
-    print(f"{len(names or CHECKS) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return edge_checks.main(names, CHECKS)
 
 
 if __name__ == "__main__":
