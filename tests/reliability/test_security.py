@@ -91,7 +91,7 @@ def test_public_config_requires_the_inference_key_and_the_clients_send_it(tiny_r
         assert built.returncode == 0, built.stderr
         query_image = str(sorted(images.rglob("*.jpg"))[0])
         flagged = run_client("query", query_image, "--gallery", store, "--url", server["url"], "--json",
-                             "--api-key", keys["inference"])  # fmt: skip
+                             f"--api-key={keys['inference']}")  # fmt: skip  (a key may begin with "-")
         assert flagged.returncode == 0 and json.loads(flagged.stdout)["results"], flagged.stderr
         for refused, sent in (
             (run_client("query", query_image, "--gallery", store, "--url", server["url"]), "no key sent"),
