@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from clients.api import ClientError
 from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
 )  # fmt: skip
-from clients.store import Hit, version_mismatch
+from clients.store import Hit, location_options, version_mismatch
 from core.files import write_json_atomic
 
 try:
@@ -65,13 +65,7 @@ def parse_location(store: str) -> tuple[Path, str, dict[str, str]]:
     path = url.netloc + url.path
     if not path:
         raise ClientError(f"{store} names no directory: use qdrant://DIR (e.g. qdrant://galleries/cars)")
-    try:
-        query = parse_qs(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
-    except ValueError:
-        raise ClientError(f"{store}: cannot read the options after '?' (use ?collection=NAME)") from None
-    unknown = sorted(set(query) - set(OPTIONS))
-    if unknown:
-        raise ClientError(f"{store}: unknown option {unknown[0]!r} (known: {', '.join(OPTIONS)})")
+    query = location_options(store, url.query, OPTIONS, "collection=NAME")
     options = {key: values[-1] for key, values in query.items()}
     collection = options.pop("collection", "cars")
     if not COLLECTION.match(collection):

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from clients.edge_store import COLLECTION, FULL_SCAN_KB, HNSW_EF, HNSW_EF_CONSTR
 from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
 )  # fmt: skip
-from clients.store import Hit, version_mismatch
+from clients.store import Hit, location_options, version_mismatch
 
 try:
     from pydantic import ValidationError
@@ -104,13 +104,7 @@ def parse_location(store: str) -> Location:
     collection = url.path.strip("/") or "cars"
     if not COLLECTION.match(collection):
         raise ClientError(f"{store}: collection {collection!r} must be a plain name (letters, digits, _ . -)")
-    try:
-        query = parse_qs(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
-    except ValueError:
-        raise ClientError(f"{store}: cannot read the options after '?' (use ?shards=N&replicas=N)") from None
-    unknown = sorted(set(query) - set(DEFAULTS))
-    if unknown:
-        raise ClientError(f"{store}: unknown option {unknown[0]!r} (known: {', '.join(DEFAULTS)})")
+    query = location_options(store, url.query, DEFAULTS, "shards=N&replicas=N")
     options = dict(DEFAULTS)
     for name, values in query.items():
         options[name] = _option(store, name, values[-1])

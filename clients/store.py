@@ -17,10 +17,11 @@ Builders and queries use only what `GalleryStore` names.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import numpy as np
 
@@ -80,6 +81,20 @@ def version_mismatch(where: str, served: str, built_with: str) -> ClientError:
         f"{where} serves model {served[:12]}, but the gallery was built with "
         f"{built_with[:12]}: rebuild the gallery (make gallery) or serve that model"
     )
+
+
+def location_options(store: str, query: str, known: Iterable[str], example: str) -> dict[str, list[str]]:
+    """The options after '?' in a Qdrant location, each name checked against `known`; one-line
+    errors that show `example` (what both Qdrant stores' locations share)."""
+    try:
+        options = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ClientError(f"{store}: cannot read the options after '?' (use ?{example})") from None
+    known = list(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ClientError(f"{store}: unknown option {unknown[0]!r} (known: {', '.join(known)})")
+    return options
 
 
 def is_qdrant(store: str) -> bool:
