@@ -228,6 +228,7 @@ class CarsEncoder(Encoder):
         embedding_size: int,
         preprocessing: Preprocessing,
         trainable_blocks: int = 0,
+        flip_average: bool = False,
     ):
         super().__init__()
         self.backbone_name = backbone
@@ -235,11 +236,14 @@ class CarsEncoder(Encoder):
         self._embedding_size = embedding_size
         self.preprocessing = preprocessing
         self.trainable_blocks = trainable_blocks
+        self.flip_average = flip_average
 
     @classmethod
-    def create(cls, backbone: str, weights: str, preprocessing: Preprocessing) -> CarsEncoder:
+    def create(
+        cls, backbone: str, weights: str, preprocessing: Preprocessing, flip_average: bool = False
+    ) -> CarsEncoder:
         model, _, size = build_backbone(backbone, weights)
-        return cls(backbone, model, size, preprocessing)
+        return cls(backbone, model, size, preprocessing, flip_average=flip_average)
 
     @classmethod
     def create_split(
@@ -272,7 +276,13 @@ class CarsEncoder(Encoder):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.trainable_blocks:
             return self.backbone(images)  # a feature map for the head's trainable stages
-        return torch.flatten(self.backbone(images), start_dim=1)
+        features = torch.flatten(self.backbone(images), start_dim=1)
+        if self.flip_average:
+            # A car and its mirror image are the same model: averaging both views' features
+            # removes the side the photo was taken from (twice the backbone's compute).
+            mirrored = torch.flatten(self.backbone(torch.flip(images, dims=[-1])), start_dim=1)
+            features = (features + mirrored) / 2
+        return features
 
     def save(self, output_path: str) -> None:
         os.makedirs(output_path, exist_ok=True)
@@ -285,6 +295,8 @@ class CarsEncoder(Encoder):
         }
         if self.trainable_blocks:
             config["trainable_blocks"] = self.trainable_blocks
+        if self.flip_average:  # absent otherwise, so servables saved before this option keep their version
+            config["flip_average"] = True
         with open(os.path.join(output_path, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2)
 
@@ -303,4 +315,7 @@ class CarsEncoder(Encoder):
         state = torch.load(os.path.join(input_path, WEIGHTS_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         preprocessing = Preprocessing.from_dict(config["preprocessing"])
-        return cls(config["backbone"], model, config["embedding_size"], preprocessing, trainable_blocks)
+        return cls(
+            config["backbone"], model, config["embedding_size"], preprocessing, trainable_blocks,
+            flip_average=bool(config.get("flip_average", False)),
+        )  # fmt: skip

@@ -35,7 +35,8 @@ class KeepBestHead(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
+        # No tensor when nothing is optimised (a whitening head is fitted, not trained).
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
             self.diverged = trainer.should_stop = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

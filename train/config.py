@@ -26,6 +26,7 @@ MINING_LOSSES = ("triplet", "online_contrastive")  # the losses that mine pairs 
 MARGIN_LOSSES = ("triplet", "arcface", "circle", "online_contrastive")
 SELECT_BY = ("loss", "r_precision")
 SAMPLERS = ("random", "balanced")
+HEADS = ("skip", "whitening")
 # "all" and "semi_hard" mining build batch x batch x batch tensors: ~47 GB at batch 1024.
 MAX_CUBIC_MINING_BATCH = 512
 
@@ -73,6 +74,22 @@ class TrainConfig:
         "with --trainable-blocks: also keep the pretrained top stages, frozen, with a head of their own; the "
         "embedding joins both (twice the size)",
         False,
+    )
+    head: str = option(
+        "model",
+        "skip = Quaterion's SkipConnectionHead, trained by --loss; whitening = learned whitening fitted in closed "
+        "form on the training classes in one pass (no epochs to train, no --lr; frozen backbone only)",
+        "skip",
+        choices=HEADS,
+    )
+    flip_average: bool = option(
+        "model",
+        "embed each image as the mean of its and its mirror image's backbone features (frozen backbone only; "
+        "twice the backbone's compute in training and serving)",
+        False,
+    )
+    whitening_shrinkage: float = option(
+        "model", "with --head whitening: share of the identity blended into the within-class scatter, in (0, 1]", 0.3
     )
     # training
     recipe: str = option(
@@ -217,6 +234,18 @@ class TrainConfig:
                 "--augment-copies exists for the cache; without it use --augment (fresh views every epoch)"
                 f"{self._from_recipe('augment_copies', 'no_cache')}"
             )
+        if self.head == "whitening" and self.trainable_blocks:
+            raise UsageError(
+                "--head whitening is fitted on a frozen backbone's embeddings; it cannot follow "
+                f"--trainable-blocks {self.trainable_blocks}{self._from_recipe('head', 'trainable_blocks')}"
+            )
+        if self.flip_average and self.trainable_blocks:
+            raise UsageError(
+                "--flip-average averages a frozen backbone's features; it cannot be combined with "
+                f"--trainable-blocks {self.trainable_blocks}{self._from_recipe('flip_average', 'trainable_blocks')}"
+            )
+        if not 0 < self.whitening_shrinkage <= 1:
+            raise UsageError(f"--whitening-shrinkage must be in (0, 1], got {self.whitening_shrinkage}")
         if self.overwrite and self.resume:
             raise UsageError("--overwrite starts over and --resume continues: pass one of them")
         # Flags the user set that this combination would ignore.
@@ -231,7 +260,11 @@ class TrainConfig:
                 "with the cache on, data loads in the main process; it is for --no-cache",
             ),
             "cache_batch_size": (self.no_cache, "--no-cache fills no cache"),
+            "whitening_shrinkage": (self.head != "whitening", "it is a setting of --head whitening"),
         }
+        closed_form = "--head whitening is fitted in one pass, not trained"
+        for name in ("epochs", "lr", "patience", "xbm_size", "sampler"):
+            ignored[name] = (self.head == "whitening", closed_form)
         for name, (does_nothing, why) in ignored.items():
             if name in self.user_set and does_nothing:
                 raise UsageError(f"--{flag(name)} would do nothing here: {why}")

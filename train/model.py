@@ -28,7 +28,7 @@ from quaterion_models.model import DEFAULT_ENCODER_KEY
 
 from core.encoders import CarsEncoder
 from core.errors import UsageError
-from core.heads import TopStagesHead
+from core.heads import TopStagesHead, WhiteningHead
 from core.preprocessing import Preprocessing
 from train.config import LOSSES
 
@@ -53,6 +53,9 @@ class CarsModel(TrainableModel):
         num_classes: int = 0,
         xbm: XbmConfig | None = None,
         pretrained_branch: bool = False,
+        head: str = "skip",
+        flip_average: bool = False,
+        whitening_shrinkage: float = 0.3,
     ):
         # Quaterion's __init__ calls the configure_* hooks, so they read these attributes.
         self._backbone, self._weights, self._preprocessing = backbone, weights, preprocessing
@@ -65,6 +68,9 @@ class CarsModel(TrainableModel):
         self._loss_name, self._num_classes = loss, num_classes
         self._xbm = xbm
         self._pretrained_branch = pretrained_branch
+        self._head_name, self._flip_average, self._shrinkage = head, flip_average, whitening_shrinkage
+        # --head whitening: the training embeddings and class ids of the one pass it is fitted on.
+        self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         # configure_encoders leaves the pretrained top stages here for configure_head (a dict, so
         # that Lightning does not register them as a second copy of the head's parameters).
         self._pretrained: dict[str, torch.nn.Module | int] = {}
@@ -73,7 +79,7 @@ class CarsModel(TrainableModel):
 
     def configure_encoders(self) -> CarsEncoder:
         if not self._trainable_blocks:
-            return CarsEncoder.create(self._backbone, self._weights, self._preprocessing)
+            return CarsEncoder.create(self._backbone, self._weights, self._preprocessing, self._flip_average)
         encoder, top, size = CarsEncoder.create_split(
             self._backbone, self._weights, self._preprocessing, self._trainable_blocks
         )
@@ -85,6 +91,8 @@ class CarsModel(TrainableModel):
         return self.model.encoders[DEFAULT_ENCODER_KEY]
 
     def configure_head(self, input_embedding_size: int) -> EncoderHead:
+        if self._head_name == "whitening":
+            return WhiteningHead(input_embedding_size, shrinkage=self._shrinkage)
         if not self._trainable_blocks:
             return SkipConnectionHead(input_embedding_size, dropout=self._dropout)
         head = TopStagesHead(
@@ -103,7 +111,30 @@ class CarsModel(TrainableModel):
     def configure_loss(self) -> SimilarityLoss:
         return make_loss(self._loss_name, self._margin, self._mining, self.model.head.output_size, self._num_classes)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    @property
+    def fitted_in_closed_form(self) -> bool:
+        return isinstance(self.model.head, WhiteningHead)
+
+    def training_step(self, batch, batch_idx: int, **kwargs):
+        """Quaterion's step, except for a whitening head: it collects the (cached) encoder outputs
+        of the epoch and is fitted on them after the last batch, before validation runs."""
+        if not self.fitted_in_closed_form:
+            return super().training_step(batch, batch_idx, **kwargs)
+        features, targets = batch
+        with torch.no_grad():
+            self._seen.append((self.model(features).cpu(), targets["groups"].cpu()))  # unfitted head = identity
+        if batch_idx == self.trainer.num_training_batches - 1:
+            embeddings, labels = (torch.cat(parts) for parts in zip(*self._seen, strict=True))
+            self._seen.clear()
+            try:
+                self.model.head.fit(embeddings, labels)
+            except ValueError as error:
+                raise UsageError(f"--head whitening: {error}") from None
+        return None  # nothing to optimise
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+        if self.fitted_in_closed_form:
+            return None
         head = self.model.head
         backbone_params = list(head.top.parameters()) if isinstance(head, TopStagesHead) else []
         backbone_ids = {id(p) for p in backbone_params}

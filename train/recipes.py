@@ -42,6 +42,12 @@ RECIPES: dict[str, Recipe] = {
         0.0,
         {"augment_copies": 4},
     ),
+    "whitened": Recipe(
+        "frozen backbone, each image's features averaged with its mirror image's, and a learned whitening "
+        "fitted in closed form on the training classes in one pass instead of a trained head",
+        0.0,
+        {"head": "whitening", "flip_average": True},
+    ),
     "finetune": Recipe(
         "the top third of the backbone fine-tuned (BatchNorm statistics frozen) on 8 augmented views per image "
         "held in the encoder cache, class-balanced batches, epoch picked by validation R-precision",

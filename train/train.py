@@ -15,6 +15,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -95,6 +96,8 @@ def encoder_identity(config: TrainConfig) -> dict[str, Any]:
         identity["seed"] = config.seed  # random weights depend on the seed
     if config.trainable_blocks:
         identity["trainable_blocks"] = config.trainable_blocks  # the cache then holds the trunk's feature maps
+    if config.flip_average:
+        identity["flip_average"] = True  # the cache then holds mirror-averaged features
     return identity
 
 
@@ -154,6 +157,9 @@ def make_model(
         num_classes=num_classes,
         xbm=XbmConfig(buffer_size=config.xbm_size, start_iteration=steps) if config.xbm_size else None,
         pretrained_branch=config.pretrained_branch,
+        head=config.head,
+        flip_average=config.flip_average,
+        whitening_shrinkage=config.whitening_shrinkage,
     )
 
 
@@ -175,7 +181,7 @@ def make_trainer(config: TrainConfig, callbacks: list[pl.Callback]) -> pl.Traine
     return pl.Trainer(
         accelerator="auto",
         devices=1,
-        max_epochs=config.epochs,
+        max_epochs=1 if config.head == "whitening" else config.epochs,  # fitted in one pass
         callbacks=[*callbacks, ProgressBar(refresh_rate=1)] if bar else callbacks,
         enable_progress_bar=bar,
         # A resumed run logs beside the first part's metrics.csv instead of deleting it.
@@ -234,6 +240,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if publish:
         callbacks.append(publish)
     trainer = make_trainer(config, callbacks)
+    if config.head == "whitening":  # fitted, not optimised: Lightning's no-optimizer warnings are expected
+        expected = r".*(configure_optimizers. returned .None|training_step. returned .None)"
+        warnings.filterwarnings("ignore", message=expected)
     cache_reused = bool(cache and cache.ready)
     started = time.perf_counter()
     try:
