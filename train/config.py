@@ -94,7 +94,8 @@ class TrainConfig:
     # training
     recipe: str = option(
         "training",
-        "named settings, scaled to the backbone (flags you set win): seed = Quaterion's tutorial (frozen "
+        "named settings, scaled to the backbone (flags you set win): whitened = frozen backbone, mirror-averaged "
+        "features and a learned whitening fitted in one pass; seed = Quaterion's tutorial (frozen "
         "backbone); seed-336 = at 336 px; seed-views = with 4 cached augmented views per image; finetune = the "
         f"top third fine-tuned on cached augmented views; full = every stage on fresh views (GPU); auto = "
         f"{recipes.GPU_DEFAULT} on a GPU, else {recipes.CPU_DEFAULT}. docs/quality.md compares them",
