@@ -3,7 +3,8 @@
 The seed recipe is Quaterion's Stanford Cars tutorial: frozen backbone, `SkipConnectionHead`,
 `TripletLoss`. `trainable_blocks=N` moves the backbone's last N stages into the head
 (`TopStagesHead`), trained at `backbone_lr`; other Quaterion losses and its cross-batch memory
-are options.
+are options. `head="whitening"` replaces the trained head by `WhiteningHead`, fitted in closed form
+on the one epoch's (cached) encoder outputs: nothing is optimised (the whitened recipe).
 """
 
 from __future__ import annotations
