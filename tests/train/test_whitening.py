@@ -99,7 +99,7 @@ def test_whitened_recipe_trains_in_one_pass_and_serves(synthetic_data, tmp_path)
     [
         (["--head", "whitening", "--epochs", "5"], "--epochs would do nothing here: --head whitening is fitted"),
         (["--head", "whitening", "--lr", "0.1"], "--lr would do nothing here"),
-        (["--whitening-shrinkage", "0.5"], "--whitening-shrinkage would do nothing here"),
+        (["--recipe", "seed", "--whitening-shrinkage", "0.5"], "--whitening-shrinkage would do nothing here"),
         (["--head", "whitening", "--whitening-shrinkage", "0"], "--whitening-shrinkage must be in (0, 1]"),
         (["--head", "whitening", "--trainable-blocks", "1"], "cannot follow --trainable-blocks 1"),
         (["--recipe", "whitened", "--trainable-blocks", "1"], "(--head set by --recipe whitened)"),
