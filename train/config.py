@@ -214,6 +214,8 @@ class TrainConfig:
         for name in ("holdout_fraction", "val_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise UsageError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.whitening_shrinkage <= 1:
+            raise UsageError(f"--whitening-shrinkage must be in (0, 1], got {self.whitening_shrinkage}")
         if self.margin is not None and self.margin < 0:
             raise UsageError(f"--margin must be >= 0, got {self.margin}")
         if self.mining != "hard" and self.batch_size > MAX_CUBIC_MINING_BATCH:
@@ -245,8 +247,6 @@ class TrainConfig:
                 "--flip-average averages a frozen backbone's features; it cannot be combined with "
                 f"--trainable-blocks {self.trainable_blocks}{self._from_recipe('flip_average', 'trainable_blocks')}"
             )
-        if not 0 < self.whitening_shrinkage <= 1:
-            raise UsageError(f"--whitening-shrinkage must be in (0, 1], got {self.whitening_shrinkage}")
         if self.overwrite and self.resume:
             raise UsageError("--overwrite starts over and --resume continues: pass one of them")
         # Flags the user set that this combination would ignore.

@@ -10,12 +10,12 @@ import torch
 from PIL import ImageOps
 
 from core.encoders import CarsEncoder
-from core.errors import run_cli
 from core.heads import WhiteningHead
 from core.preprocessing import Preprocessing, load_image
 from core.servable import load_servable
 from serve.embedder import Embedder
 from tests.conftest import run_module
+from tests.train.test_cli import fails_with
 from train import recipes
 
 
@@ -110,9 +110,7 @@ def test_bad_whitening_flags_are_refused_in_one_line(capsys, tmp_path, small_dat
 
     argv = ["--data", str(small_data), "--out", str(tmp_path / "run"), "--backbone", "resnet18",
             "--weights", "none", *flags]  # fmt: skip
-    assert run_cli(train.main, argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err
+    fails_with(capsys, train.main, argv, message)
     assert not (tmp_path / "run").exists()
 
 
