@@ -55,13 +55,17 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Deterministic image -> tensor transform: squash-resize to a square, scale, normalise.
+    """Deterministic image -> tensor transform: squash-resize to `input_size` high and
+    `input_aspect` times that wide, scale, normalise.
 
     Squashing (as Quaterion's cars example does) keeps the whole car in view; a centre crop of
-    a wide car photo would cut off its front and back.
+    a wide car photo would cut off its front and back. A wide input (`input_aspect` > 1) squashes
+    car photos, about twice as wide as high, less, so the frozen network sees car shapes closer to
+    those it learned from (docs/quality.md measures it).
     """
 
     input_size: int = 224
+    input_aspect: float = 1.0  # width / height of the network's input
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
@@ -70,6 +74,9 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if not isinstance(self.input_size, int) or self.input_size < 16:
             raise ValueError(f"input_size must be an integer >= 16, got {self.input_size!r}")
+        if not 0.25 <= self.input_aspect <= 4.0:
+            raise ValueError(f"input_aspect must be in [0.25, 4], got {self.input_aspect!r}")
+        object.__setattr__(self, "input_aspect", float(self.input_aspect))
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"Unknown interpolation {self.interpolation!r}. Choose one of: {', '.join(INTERPOLATIONS)}"
@@ -79,7 +86,7 @@ class Preprocessing:
         transform = transforms.Compose(
             [
                 transforms.Resize(
-                    (self.input_size, self.input_size),
+                    self.shape,
                     interpolation=INTERPOLATIONS[self.interpolation],
                     antialias=True,
                 ),
@@ -90,17 +97,22 @@ class Preprocessing:
         object.__setattr__(self, "_transform", transform)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Maps one PIL image to a float32 tensor [3, input_size, input_size]."""
+        """Maps one PIL image to a float32 tensor [3, height, width] (`shape`)."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(image).__name__}")
         return self._transform(image.convert("RGB"))
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of every tensor this produces."""
+        return self.input_size, max(1, round(self.input_size * self.input_aspect))
+
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
-        """Stacks a list of PIL images into [N, 3, S, S]; the encoder's collate function."""
+        """Stacks a list of PIL images into [N, 3, H, W]; the encoder's collate function."""
         return torch.stack([self(image) for image in images])
 
     def tensor_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Decoded uint8 RGB images [3, H, W] (any sizes, on any device) -> float32 [N, 3, S, S].
+        """Decoded uint8 RGB images [3, H, W] (any sizes, on any device) -> float32 [N, 3, *shape].
 
         The same squash-resize, antialiased as PIL's and rounded back to 8 bits as PIL's resize
         does, then ToTensor's /255 and the same Normalize; within ~1 grey level of `batch`
@@ -116,10 +128,9 @@ class Preprocessing:
     def _resize_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype != torch.uint8 or pixels.dim() != 3 or pixels.shape[0] != 3:
             raise TypeError(f"expected a uint8 tensor [3, H, W], got {pixels.dtype} {tuple(pixels.shape)}")
-        size = self.input_size
         image = pixels.unsqueeze(0).float()
-        if tuple(image.shape[-2:]) != (size, size):
-            image = F.interpolate(image, size=(size, size), mode=self.interpolation, antialias=True)
+        if tuple(image.shape[-2:]) != self.shape:
+            image = F.interpolate(image, size=self.shape, mode=self.interpolation, antialias=True)
             image = image.round_().clamp_(0, 255)
         return image[0]
 
@@ -127,18 +138,20 @@ class Preprocessing:
         data = asdict(self)
         data.pop("_transform")
         data["mean"], data["std"] = list(self.mean), list(self.std)
+        if data["input_aspect"] == 1.0:  # square: saved as before the option existed, same model version
+            del data["input_aspect"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        known = {"input_size", "mean", "std", "interpolation"}
+        known = {"input_size", "input_aspect", "mean", "std", "interpolation"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
 
 
-def training_augmentation(input_size: int) -> Callable[[Image.Image], Image.Image]:
+def training_augmentation(shape: tuple[int, int]) -> Callable[[Image.Image], Image.Image]:
     """PIL -> PIL augmentation for training without the encoder cache.
 
     Outputs stay PIL images so that the shared `Preprocessing` still does the final resize and
@@ -146,7 +159,7 @@ def training_augmentation(input_size: int) -> Callable[[Image.Image], Image.Imag
     """
     return transforms.Compose(
         [
-            transforms.RandomResizedCrop(input_size, scale=(0.6, 1.0), ratio=(0.75, 2.0)),
+            transforms.RandomResizedCrop(shape, scale=(0.6, 1.0), ratio=(0.75, 2.0)),
             transforms.RandomHorizontalFlip(),
             transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         ]

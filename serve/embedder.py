@@ -210,10 +210,9 @@ class Embedder:
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Runs the network once per batch size: compiles (`compile=True`) and sizes cuDNN's plans."""
-        size = self.preprocessing.input_size
         with torch.inference_mode():
             for n in batch_sizes:
-                self._forward(torch.zeros(n, 3, size, size))
+                self._forward(torch.zeros(n, 3, *self.preprocessing.shape))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

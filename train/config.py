@@ -62,7 +62,10 @@ class TrainConfig:
         "'default' (torchvision ImageNet weights, downloaded), 'none' (random) or a local state-dict path",
         "default",
     )
-    input_size: int = option("model", "images are resized to this square size", 224)
+    input_size: int = option("model", "images are resized to this height (and width, unless --input-aspect)", 224)
+    input_aspect: float = option(
+        "model", "width / height of the resized images (car photos are about 1.9); the width is input-size x this", 1.0
+    )
     trainable_blocks: int = option(
         "model",
         "fine-tune the backbone's last N stages (ResNet layers, MobileNet/EfficientNet blocks) with frozen "
@@ -209,6 +212,8 @@ class TrainConfig:
             raise UsageError(f"--loader-workers must be >= 0, got {self.loader_workers}")
         if self.input_size < 16:
             raise UsageError(f"--input-size must be >= 16, got {self.input_size}")
+        if not 0.25 <= self.input_aspect <= 4:
+            raise UsageError(f"--input-aspect must be in [0.25, 4], got {self.input_aspect}")
         if self.augment_copies < 0:
             raise UsageError(f"--augment-copies must be >= 0, got {self.augment_copies}")
         for name in ("holdout_fraction", "val_fraction"):

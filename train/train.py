@@ -105,7 +105,7 @@ def encoder_cache(config: TrainConfig, splits: Splits, preprocessing: Preprocess
     """The fingerprinted cache directory of this run's frozen encoder outputs (None with --no-cache)."""
     if config.no_cache:
         return None
-    transform = repr(training_augmentation(config.input_size))
+    transform = repr(training_augmentation(preprocessing.shape))
     copies = {"copies": config.augment_copies, "seed": config.seed, "transform": transform}
     fingerprint = cache_fingerprint(
         encoder=encoder_identity(config), preprocessing=preprocessing.to_dict(), train=splits.train, val=splits.val,
@@ -120,15 +120,17 @@ class Loaders(NamedTuple):
     train_items: int
 
 
-def make_loaders(config: TrainConfig, splits: Splits, class_ids: dict[str, int], cached: bool) -> Loaders:
+def make_loaders(
+    config: TrainConfig, splits: Splits, class_ids: dict[str, int], shape: tuple[int, int], cached: bool
+) -> Loaders:
     # With the cache on, loaders must have no workers: Quaterion then caches labels too and
     # never decodes an image again after the fill (its "full cache").
     workers = 0 if cached else config.loader_workers
-    augment = training_augmentation(config.input_size) if config.augment else None
+    augment = training_augmentation(shape) if config.augment else None
     train_set: Dataset = CarsDataset(splits.train, class_ids, augment)
     labels = [class_ids[name] for name in splits.train.classes]
     if config.augment_copies:
-        views = training_augmentation(config.input_size)
+        views = training_augmentation(shape)
         train_set = AugmentedCopies(train_set, config.augment_copies, views, config.seed)
         labels = train_set.labels
     sampler, batch_size = None, config.batch_size
@@ -226,9 +228,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     splits = prepare_splits(config)
     class_ids = {name: i for i, name in enumerate(splits.classes.train)}
     pl.seed_everything(config.seed, workers=True)
-    preprocessing = Preprocessing(input_size=config.input_size)
+    preprocessing = Preprocessing(input_size=config.input_size, input_aspect=config.input_aspect)
     cache = encoder_cache(config, splits, preprocessing)
-    loaders = make_loaders(config, splits, class_ids, cached=cache is not None)
+    loaders = make_loaders(config, splits, class_ids, preprocessing.shape, cached=cache is not None)
     model = make_model(config, preprocessing, cache, len(class_ids), len(loaders.train))
 
     best = KeepBestHead(config.select_by)

@@ -75,7 +75,8 @@ def test_balanced_sampler_batches_hold_p_classes_of_k_images():
 def test_augmented_copies_are_fixed_views_after_the_originals(synthetic_data):
     images = load_image_list(str(synthetic_data), "imagefolder")
     dataset = CarsDataset(images, {name: i for i, name in enumerate(images.class_names)})
-    copies = AugmentedCopies(dataset, 2, training_augmentation(32), seed=7)
+    views = training_augmentation((32, 32))
+    copies = AugmentedCopies(dataset, 2, views, seed=7)
     n = len(dataset)
     assert len(copies) == 3 * n and copies.labels == [s.group for s in (dataset[i] for i in range(n))] * 3
     pixels = [np.asarray(copies[i].obj) for i in (0, n, 2 * n)]  # image 0 and its two views
@@ -85,7 +86,7 @@ def test_augmented_copies_are_fixed_views_after_the_originals(synthetic_data):
     before = torch.get_rng_state()
     assert np.array_equal(np.asarray(copies[n].obj), pixels[1])
     assert torch.equal(torch.get_rng_state(), before)
-    assert not np.array_equal(np.asarray(AugmentedCopies(dataset, 2, training_augmentation(32), 8)[n].obj), pixels[1])
+    assert not np.array_equal(np.asarray(AugmentedCopies(dataset, 2, views, 8)[n].obj), pixels[1])
     assert {copies[i].group for i in (0, n, 2 * n)} == {dataset[0].group}
     with pytest.raises(IndexError):
         copies[3 * n]
