@@ -43,10 +43,11 @@ RECIPES: dict[str, Recipe] = {
         {"augment_copies": 4},
     ),
     "whitened": Recipe(
-        "frozen backbone, each image's features averaged with its mirror image's, and a learned whitening "
-        "fitted in closed form on the training classes in one pass instead of a trained head",
+        "frozen backbone on wide inputs (1.75 times as wide as high, as car photos are), each image's features "
+        "averaged with its mirror image's, and a learned whitening fitted in closed form on the training "
+        "classes in one pass instead of a trained head",
         0.0,
-        {"head": "whitening", "flip_average": True},
+        {"head": "whitening", "flip_average": True, "input_aspect": 1.75},
     ),
     "finetune": Recipe(
         "the top third of the backbone fine-tuned (BatchNorm statistics frozen) on 8 augmented views per image "

@@ -65,6 +65,7 @@ def test_wrong_weights_file(capsys, small_data, tmp_path):
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--holdout-fraction", "1.5"], "--holdout-fraction must be in [0, 1)"),
         (["--input-size", "8"], "--input-size must be >= 16"),
+        (["--input-aspect", "9"], "--input-aspect must be in [0.25, 4], got 9.0"),
         (["--weights", "/nonexistent/weights.pt"], "weights file not found: /nonexistent/weights.pt"),
         (["--weights", "default", "--backbone", "resnet15"], "Unknown backbone 'resnet15'"),
         (["--xbm-size", "100", "--loss", "arcface"], "--xbm-size works with --loss triplet only"),

@@ -65,6 +65,9 @@ def test_flip_average_makes_a_photo_and_its_mirror_image_one_embedding(tmp_path,
     assert "flip_average" not in json.loads((tmp_path / "plain" / "encoder.json").read_text())  # older layout kept
 
 
+WHITENED = {"head": "whitening", "flip_average": True, "input_aspect": 1.75}
+
+
 @pytest.mark.slow
 def test_whitened_recipe_trains_in_one_pass_and_serves(synthetic_data, tmp_path):
     result = run_module(
@@ -76,10 +79,12 @@ def test_whitened_recipe_trains_in_one_pass_and_serves(synthetic_data, tmp_path)
     assert "returned `None`" not in result.stderr  # Lightning's no-optimizer warnings are expected, so hidden
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["recipe"]["name"] == "whitened"
-    assert run["recipe"]["settings"] == {"head": "whitening", "flip_average": True}
+    assert run["recipe"]["settings"] == WHITENED
+    assert run["preprocessing"]["input_aspect"] == 1.75  # 32 px high, 56 wide, in training and serving
     assert run["metrics"]["epochs_run"] == 1 and run["metrics"]["best_epoch"] == 0
     assert run["encoder"]["flip_average"] is True  # part of the cache's fingerprint
     model = load_servable(tmp_path / "run" / "servable")
+    assert next(iter(model.encoders.values())).preprocessing.shape == (32, 56)
     assert isinstance(model.head, WhiteningHead)
     assert not torch.allclose(model.head.projection, torch.eye(512))  # fitted, and saved with the servable
 
@@ -116,4 +121,4 @@ def test_bad_whitening_flags_are_refused_in_one_line(capsys, tmp_path, small_dat
 
 def test_the_whitened_recipe_is_frozen_for_every_backbone():
     for backbone in ("mobilenet_v2", "resnet152", "vit_b_16"):
-        assert recipes.resolve("whitened", backbone, frozenset()) == {"head": "whitening", "flip_average": True}
+        assert recipes.resolve("whitened", backbone, frozenset()) == WHITENED
