@@ -28,6 +28,10 @@ from torchvision.transforms import InterpolationMode
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Bounds of the input's shape, shared with the training CLI's own checks.
+MIN_INPUT_SIZE = 16
+ASPECT_RANGE = (0.25, 4.0)
+
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
@@ -72,10 +76,11 @@ class Preprocessing:
     _transform: Callable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.input_size, int) or self.input_size < 16:
-            raise ValueError(f"input_size must be an integer >= 16, got {self.input_size!r}")
-        if not 0.25 <= self.input_aspect <= 4.0:
-            raise ValueError(f"input_aspect must be in [0.25, 4], got {self.input_aspect!r}")
+        if not isinstance(self.input_size, int) or self.input_size < MIN_INPUT_SIZE:
+            raise ValueError(f"input_size must be an integer >= {MIN_INPUT_SIZE}, got {self.input_size!r}")
+        low, high = ASPECT_RANGE
+        if not low <= self.input_aspect <= high:
+            raise ValueError(f"input_aspect must be in [{low:g}, {high:g}], got {self.input_aspect!r}")
         object.__setattr__(self, "input_aspect", float(self.input_aspect))
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(

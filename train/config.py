@@ -16,6 +16,7 @@ from typing import Any
 from core.cli import add_common_flags, parse_args
 from core.encoders import check_backbone_and_weights
 from core.errors import UsageError
+from core.preprocessing import ASPECT_RANGE, MIN_INPUT_SIZE
 from core.run import Run
 from train import recipes
 from train.data import DATASETS, SPLIT_BY
@@ -210,10 +211,11 @@ class TrainConfig:
             raise UsageError("--trainable-blocks and --xbm-size must be >= 0")
         if self.loader_workers < 0:
             raise UsageError(f"--loader-workers must be >= 0, got {self.loader_workers}")
-        if self.input_size < 16:
-            raise UsageError(f"--input-size must be >= 16, got {self.input_size}")
-        if not 0.25 <= self.input_aspect <= 4:
-            raise UsageError(f"--input-aspect must be in [0.25, 4], got {self.input_aspect}")
+        if self.input_size < MIN_INPUT_SIZE:
+            raise UsageError(f"--input-size must be >= {MIN_INPUT_SIZE}, got {self.input_size}")
+        low, high = ASPECT_RANGE
+        if not low <= self.input_aspect <= high:
+            raise UsageError(f"--input-aspect must be in [{low:g}, {high:g}], got {self.input_aspect}")
         if self.augment_copies < 0:
             raise UsageError(f"--augment-copies must be >= 0, got {self.augment_copies}")
         for name in ("holdout_fraction", "val_fraction"):
