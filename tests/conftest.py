@@ -31,8 +31,9 @@ def small_data(tmp_path: Path) -> Path:
     return generate(tmp_path / "small", colours=2, shapes=2, per_class=6, size=32)
 
 
-def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `python -m module args` from the repository root, as a user would."""
+def run_module(module: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` from the repository root, as a user would. The timeout catches
+    a hang, not slowness: the slowest call here takes about 3 minutes on a quiet 2-core machine."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
