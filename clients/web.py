@@ -18,15 +18,24 @@ uploaded photo through the server and searches the store, filters included.
 Errors are JSON `{"error": ..., "status": N}`: 400 (empty upload, bad k or filter), 413 (over
 the byte cap, the server's), 415 (not an image), 409 (the server runs another model than the
 gallery's), 503 (TorchServe down or not ready). Binds 127.0.0.1 unless told otherwise.
+
+Searches run concurrently, off the event loop: up to --search-threads at once, each thread with
+its own keep-alive connection to TorchServe (whose batching then sees batches); the store is read
+under a lock, as the embedded stores are not made for concurrent calls. The page, /api/info and
+thumbnails stay responsive while searches wait on the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
 from typing import Annotated, Any
@@ -47,6 +56,7 @@ from core.errors import run_cli
 PAGE = Path(__file__).with_name("web_page.html")
 MAX_BYTES = 10 * 1024 * 1024  # the server's own cap (serve/embedder.py ImageLimits.max_bytes)
 MAX_K = 100
+SEARCH_THREADS = 32  # searches in flight at once (each waits on TorchServe most of its time)
 THUMB_SIZES = (128, 256, 512)
 THUMB_CACHE = 512  # thumbnails kept in memory
 # The page loads nothing from elsewhere: everything it needs is inline or from this server.
@@ -66,8 +76,10 @@ class Side:
     name: str
     store: GalleryStore
     client: EmbeddingClient
+    store_lock: Lock = field(default_factory=Lock)  # one store call at a time; embedding needs none
 
     def search(self, image: bytes, k: int, where: tuple[Condition, ...]) -> dict[str, Any]:
+        """Blocking: the embedding waits on TorchServe. Run it off the event loop (`create_app`)."""
         try:
             embedding = self.client.embed(image)
         except ImageRejected as error:
@@ -76,11 +88,12 @@ class Side:
             raise ApiError(f"the embedding server is unavailable: {error}", 503) from None
         except ClientError as error:
             raise ApiError(str(error), 502) from None
-        try:
-            self.store.check_version(embedding.model_version, self.client.url)
-        except VersionMismatch as error:
-            raise ApiError(str(error), 409) from None
-        hits = self.store.search(embedding.vector, k, where)
+        with self.store_lock:
+            try:
+                self.store.check_version(embedding.model_version, self.client.url)
+            except VersionMismatch as error:
+                raise ApiError(str(error), 409) from None
+            hits = self.store.search(embedding.vector, k, where)
         results = [result(rank, hit) for rank, hit in enumerate(hits, 1)]
         return {"model_version": embedding.model_version, "results": results}
 
@@ -163,10 +176,20 @@ def parse_filters(where: list[str]) -> tuple[Condition, ...]:
         raise ApiError(str(error), 400) from None
 
 
-def create_app(sides: list[Side]) -> FastAPI:
-    app = FastAPI(title="Car similarity search", version="1", docs_url="/docs", redoc_url=None)
+def create_app(sides: list[Side], search_threads: int = SEARCH_THREADS) -> FastAPI:
+    executor = ThreadPoolExecutor(max_workers=search_threads, thread_name_prefix="search")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="Car similarity search", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     thumbnails = Thumbnails(sides)
     main = sides[0]
+
+    async def off_loop(side: Side, image: bytes, k: int, conditions: tuple[Condition, ...]) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(executor, side.search, image, k, conditions)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -204,9 +227,9 @@ def create_app(sides: list[Side]) -> FastAPI:
         """Embeds the uploaded image and returns the k most similar gallery cars passing the filters."""
         conditions = parse_filters(where)
         image = await read_upload(request)
-        answer = main.search(image, k, conditions)
-        if len(sides) > 1:
-            answer["compare"] = {"name": sides[1].name, **sides[1].search(image, k, conditions)}
+        answer, *others = await asyncio.gather(*(off_loop(side, image, k, conditions) for side in sides))
+        if others:
+            answer["compare"] = {"name": sides[1].name, **others[0]}
         if conditions:
             answer["where"] = [str(c) for c in conditions]
         return answer
@@ -230,6 +253,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare-url", help="the endpoint of the model that built --compare (default: --url)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")
     parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    parser.add_argument(
+        "--search-threads",
+        type=int,
+        default=SEARCH_THREADS,
+        help="searches embedded at once, each on its own keep-alive connection to the server; "
+        "more wait in line (default: %(default)s)",
+    )
     return add_common_flags(parser, quiet=False)
 
 
@@ -248,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(get_args_parser(), argv)
     if not 1 <= args.port <= 65535:
         raise ClientError(f"--port must be in 1..65535, got {args.port}")
-    app = create_app(make_sides(args))
+    if not 1 <= args.search_threads <= 1024:
+        raise ClientError(f"--search-threads must be in 1..1024, got {args.search_threads}")
+    app = create_app(make_sides(args), args.search_threads)
     print(f"Search page: http://{args.host}:{args.port}/  (API: POST /search, docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -271,3 +271,29 @@ def test_sidecar_attributes_and_cli_filters(server, cars, tmp_path):
     assert sorted(r["price"] for r in found) == [15000, 20000] and {r["make"] for r in found} == {"Audi"}
     bad = client("query", str(image), "--gallery", store, "--url", server["url"], "--where", "price<<1")
     assert bad.returncode == 2 and bad.stderr.startswith("error: bad filter")
+
+
+def test_searches_reach_the_model_server_together_and_the_page_answers_meanwhile(server, gallery, cars):
+    """Eight searches are all waiting on the embedding server at once (it sees them together, so
+    it can batch them), and /api/info answers while they wait: the event loop is never blocked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.clients.gate_proxy import gate_in_front_of
+
+    image = held_out(cars, "003_BMW_X5_SUV_2011").read_bytes()
+    with gate_in_front_of(server["url"], free_ports(1)[0]) as (gate, gated_url):
+        process, base = start_page(gallery, gated_url, "--search-threads", "8")
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                searches = [pool.submit(search, base, image, k=5) for _ in range(8)]
+                assert gate.wait_for(8, timeout=120), f"only {gate.most_waiting} searches reached the server together"
+                info = requests.get(f"{base}/api/info", timeout=30)
+                assert info.status_code == 200 and info.json()["gallery"] == 30
+                assert not any(s.done() for s in searches)  # all still held at the gate
+                gate.opened.set()
+                answers = [s.result(timeout=120) for s in searches]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    assert [a.status_code for a in answers] == [200] * 8, answers[0].text
+    assert len({tuple(r["id"] for r in a.json()["results"]) for a in answers}) == 1  # the same answer, 8 times
