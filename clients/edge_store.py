@@ -35,6 +35,7 @@ import numpy as np
 from clients.api import ClientError
 from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
+    updated_row,
 )  # fmt: skip
 from clients.store import Hit, location_options, version_mismatch
 from core.files import write_json_atomic
@@ -248,6 +249,27 @@ class EdgeGallery:
             except ValueError:  # not a UUID: no such row
                 return None
         return payload_row(records[0].payload) if records else None
+
+    def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Overwrites one row's payload with `fields` applied, and flushes."""
+        row = self.get(row_id)
+        if row is None:
+            return None
+        row = updated_row(row, fields)
+        payload = stored_payload({**row, "model_version": self.model_version})
+        with _engine(f"cannot update {self.store}"):
+            self.shard.update(edge.UpdateOperation.overwrite_payload([row_id], payload))
+            self.shard.flush()
+        return row
+
+    def delete(self, row_ids: list[str]) -> int:
+        """Deletes the rows that exist among `row_ids`, and flushes."""
+        existing = [row_id for row_id in dict.fromkeys(row_ids) if self.get(row_id) is not None]
+        if existing:
+            with _engine(f"cannot delete from {self.store}"):
+                self.shard.update(edge.UpdateOperation.delete_points(existing))
+                self.shard.flush()
+        return len(existing)
 
     def _params(self):
         rescore = None

@@ -24,7 +24,7 @@ import numpy as np
 
 from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
-from clients.metadata import Condition, row_metadata
+from clients.metadata import Condition, row_metadata, updated_row
 from clients.store import Hit, version_mismatch
 from core.files import write_file_atomic
 
@@ -73,9 +73,7 @@ class Gallery:
         self.paths += [paths[i] for i in new]
         self.labels += [labels[i] for i in new]
         self.rows += [row_metadata(paths[i], labels[i], extra[i]) for i in new]
-        self._index, self._columns, self._by_id = None, {}, None
-        if self.path is not None:
-            self.save(self.path)
+        self._changed()
 
     def export(self, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
         """Every row, as (vectors [n, dim] float32, row metadata) batches in row order (what
@@ -98,6 +96,34 @@ class Gallery:
         if self._by_id is None:  # built once per gallery version: thumbnails ask for rows one by one
             self._by_id = {row["id"]: row for row in self.rows}
         return self._by_id.get(row_id)
+
+    def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Sets or removes (None) metadata fields of one row; the file is rewritten atomically."""
+        row = self.get(row_id)
+        if row is None:
+            return None
+        index = next(i for i, r in enumerate(self.rows) if r["id"] == row_id)
+        self.rows[index] = updated_row(row, fields)
+        self._changed()
+        return self.rows[index]
+
+    def delete(self, row_ids: list[str]) -> int:
+        """Removes rows by id; the file is rewritten atomically (once, whatever the count)."""
+        doomed = set(row_ids)
+        keep = [i for i, row in enumerate(self.rows) if row["id"] not in doomed]
+        removed = len(self.rows) - len(keep)
+        if removed:
+            self.embeddings = self.embeddings[keep]
+            self.paths = [self.paths[i] for i in keep]
+            self.labels = [self.labels[i] for i in keep]
+            self.rows = [self.rows[i] for i in keep]
+            self._changed()
+        return removed
+
+    def _changed(self) -> None:
+        self._index, self._columns, self._by_id = None, {}, None
+        if self.path is not None:
+            self.save(self.path)
 
     def search(
         self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), approximate: bool = False

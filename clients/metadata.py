@@ -196,3 +196,13 @@ def row_extra(row: dict[str, Any]) -> dict[str, Any]:
     """What `row_metadata` needs besides path and label to give `row` back: a copy between
     stores adds rows with this as their sidecar attributes."""
     return {key: value for key, value in row.items() if key not in RESERVED}
+
+
+def updated_row(row: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """`row` with `fields` set (or, with None, removed): what every store's `update` writes back.
+    The gallery's own keys (id, path, label) cannot be changed this way."""
+    bad = [name for name in fields if name in RESERVED or not FIELD.match(name)]
+    if bad:
+        raise ClientError(f"field {bad[0]!r} is reserved or not a plain name (letters, digits, _)")
+    changed = {**row, **{key: value for key, value in fields.items() if value is not None}}
+    return {key: value for key, value in changed.items() if fields.get(key, 0) is not None}

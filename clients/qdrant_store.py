@@ -53,6 +53,7 @@ from clients.api import ClientError
 from clients.edge_store import COLLECTION, FULL_SCAN_KB, HNSW_EF, HNSW_EF_CONSTRUCT, HNSW_M, OVERSAMPLING, QUANTIZATIONS
 from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
+    updated_row,
 )  # fmt: skip
 from clients.store import Hit, location_options, version_mismatch
 
@@ -422,6 +423,25 @@ class QdrantGallery:
         points = self._call(f"cannot read {self.store}", self.client.retrieve, self.collection, ids=[row_id],
                             with_payload=True)  # fmt: skip
         return payload_row(points[0].payload) if points else None
+
+    def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Overwrites one row's payload with `fields` applied (wait=True: durable on return)."""
+        row = self.get(row_id)
+        if row is None:
+            return None
+        row = updated_row(row, fields)
+        payload = stored_payload({**row, "model_version": self.model_version})
+        self._call(f"cannot update {self.store}", self.client.overwrite_payload, self.collection,
+                   payload=payload, points=[row_id], wait=True)  # fmt: skip
+        return row
+
+    def delete(self, row_ids: list[str]) -> int:
+        """Deletes the rows that exist among `row_ids` (wait=True: durable on return)."""
+        existing = [row_id for row_id in dict.fromkeys(row_ids) if self.get(row_id) is not None]
+        if existing:
+            self._call(f"cannot delete from {self.store}", self.client.delete, self.collection,
+                       points_selector=models.PointIdsList(points=existing), wait=True)  # fmt: skip
+        return len(existing)
 
 
 def _hit(payload: dict[str, Any], score: float) -> Hit:

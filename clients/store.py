@@ -64,6 +64,13 @@ class GalleryStore(Protocol):
     def get(self, row_id: str) -> dict[str, Any] | None:
         """The metadata of one row by its id (path, label, ...), or None."""
 
+    def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Sets (a value) or removes (None) metadata fields of one row, never id, path or label;
+        durable when it returns. The row as it now is, or None when there is no such row."""
+
+    def delete(self, row_ids: list[str]) -> int:
+        """Removes these rows (unknown ids are ignored); durable when it returns. How many went."""
+
     def export(self, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
         """Every row, as batches of (vectors [n, dim] float32, row metadata): what a copy to
         another store reads (clients/copy_store.py)."""

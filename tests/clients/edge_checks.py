@@ -20,7 +20,7 @@ import numpy as np
 
 from clients.api import ClientError
 from clients.gallery import Gallery
-from clients.metadata import matches, parse_where
+from clients.metadata import matches, parse_where, row_id
 from clients.store import open_store
 
 MAKES = ("Audi", "BMW", "Volvo", "Land Rover")
@@ -192,11 +192,11 @@ def check_another_model_version_is_refused(tmp: Path) -> None:
 
 def check_re_added_path_replaces_its_row(tmp: Path) -> None:
     store, _, vectors, _ = build(tmp)
-    row_id = store.search(vectors[5], 1)[0].id
+    replaced = store.search(vectors[5], 1)[0].id
     store.add(vectors[[6, 7]], ["/cars/0005.jpg", "/cars/0123.jpg"], ["BMW X5 SUV 2012", "Volvo XC90 SUV 2007"])
     assert len(store) == 300
-    assert store.get(row_id)["label"] == "BMW X5 SUV 2012" and store.get(row_id)["make"] == "BMW"
-    assert "price" not in store.get(row_id)  # replaced, not merged
+    assert store.get(replaced)["label"] == "BMW X5 SUV 2012" and store.get(replaced)["make"] == "BMW"
+    assert "price" not in store.get(replaced)  # replaced, not merged
     assert [h.path for h in store.search(vectors[6], 2)] in (
         ["/cars/0005.jpg", "/cars/0006.jpg"], ["/cars/0006.jpg", "/cars/0005.jpg"]
     )  # fmt: skip
@@ -209,6 +209,37 @@ def check_get_by_id(tmp: Path) -> None:
         assert hit.metadata == reference.rows[i] and store.get(hit.id) == reference.rows[i]
         assert store.get(hit.id) == reference.get(hit.id)
     assert store.get("not-a-uuid") is None and store.get(str(uuid.uuid4())) is None
+
+
+def apply_the_same_writes(store, reference: Gallery, vectors: np.ndarray) -> None:
+    """Metadata updates and deletes on `store` and on the file store `reference`: the same rows after."""
+    ids = [reference.rows[i]["id"] for i in range(len(reference))]
+    for target in (store, reference):
+        changed = target.update(ids[13], {"price": 12345, "colour": "green", "flag": None})
+        assert changed["price"] == 12345 and "flag" not in changed and changed["path"] == "/cars/0013.jpg"
+        assert target.update(ids[10], {"colour": None, "listing": "L-10"})["listing"] == "L-10"
+        assert target.update(str(uuid.uuid4()), {"price": 1}) is None
+        one_line_error(lambda t=target: t.update(ids[1], {"label": "x"}), "'label' is reserved")
+        one_line_error(lambda t=target: t.update(ids[1], {"bad name": 1}), "not a plain name")
+        assert target.delete([ids[5], ids[6], ids[5], str(uuid.uuid4())]) == 2
+        assert target.delete([ids[5]]) == 0 and len(target) == len(ids) - 2
+    for i in (5, 6):
+        assert store.get(ids[i]) is None and store.search(vectors[i], 1)[0].id != ids[i]
+    for i in (10, 13, 14):
+        assert store.get(ids[i]) == reference.get(ids[i]), (store.get(ids[i]), reference.get(ids[i]))
+
+
+def check_updates_and_deletes_match_the_file_store_and_last(tmp: Path) -> None:
+    store, reference, vectors, location = build(tmp)
+    apply_the_same_writes(store, reference, vectors)
+    for where in ((parse_where("colour=green"),), (parse_where("listing=L-10"),), (parse_where("price>=12000"),)):
+        got, want = store.search(vectors[13], 5, where), reference.search(vectors[13], 5, where)
+        assert [h.id for h in got] == [h.id for h in want], where
+    store.close()
+    reopened = open_store(location)
+    assert len(reopened) == 298 and reopened.get(row_id("/cars/0013.jpg"))["colour"] == "green"
+    assert_same_top_k(reopened, reference, vectors[:20])
+    reopened.close()
 
 
 def check_bad_locations_are_one_line_errors(tmp: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from clients import qdrant_store
 from clients.copy_store import copy
 from clients.gallery import Gallery
-from clients.metadata import parse_where
+from clients.metadata import parse_where, row_id
 from clients.store import open_store
 
 if not __package__:  # run as a script: the repository's tests/ is not installed, so put it on the path
@@ -155,6 +155,21 @@ def check_upserts_are_batched_durable_and_read_back(tmp: Path) -> None:
         assert store.get(hit.id) == gallery.rows[13]
         assert store.get("not-a-uuid") is None and store.search(vectors[0], 0) == []
         one_line_error(lambda: store.add(np.ones((1, 5)), ["/a.jpg"], ["x"]), "vectors of dimension 5", f"holds {DIM}")
+        assert_contract(standin)
+
+
+def check_updates_and_deletes_are_durable_and_match_the_file_store(tmp: Path) -> None:
+    gallery, vectors = reference()
+    with StandIn() as standin:
+        store = open_store(standin.location("cars"), create=("v1", DIM))
+        fill(store, vectors)
+        edge_checks.apply_the_same_writes(store, gallery, vectors)
+        writes = standin.calls("PUT", "/collections/cars/points/payload") + standin.calls(
+            "POST", "/collections/cars/points/delete"
+        )
+        assert len(writes) == 3 and all(r.query.get("wait") == "true" for r in writes)  # durable on return
+        deleted = standin.calls("POST", "/collections/cars/points/delete")[0].body["points"]
+        assert deleted == [row_id("/cars/0005.jpg"), row_id("/cars/0006.jpg")]  # only ids that exist, once each
         assert_contract(standin)
 
 

@@ -33,6 +33,8 @@ REQUEST_MODELS = {
     ("POST", r"/collections/[^/]+/points/scroll"): models.ScrollRequest,
     ("POST", r"/collections/[^/]+/points/count"): models.CountRequest,
     ("POST", r"/collections/[^/]+/points/query"): models.QueryRequest,
+    ("PUT", r"/collections/[^/]+/points/payload"): models.SetPayload,
+    ("POST", r"/collections/[^/]+/points/delete"): models.PointIdsList,
 }
 
 
@@ -141,6 +143,15 @@ class StandIn:
             for point in body["points"]:
                 vector = np.asarray(point["vector"], dtype=np.float32)
                 points[str(point["id"])] = (vector / np.linalg.norm(vector), point.get("payload") or {})
+            return {"operation_id": 0, "status": "completed"}
+        if (method, rest) == ("PUT", "/points/payload"):  # overwrite_payload
+            for i in body["points"]:
+                if str(i) in points:
+                    points[str(i)] = (points[str(i)][0], dict(body["payload"]))
+            return {"operation_id": 0, "status": "completed"}
+        if (method, rest) == ("POST", "/points/delete"):
+            for i in body["points"]:
+                points.pop(str(i), None)
             return {"operation_id": 0, "status": "completed"}
         if (method, rest) == ("POST", "/points/count"):
             return {"count": len(points)}

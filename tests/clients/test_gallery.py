@@ -92,3 +92,19 @@ def test_open_store_creates_only_when_asked(tmp_path):
         open_store(str(tmp_path / "new.npz"))
     created = open_store(str(tmp_path / "new.npz"), create=("v9", 4))
     assert (created.model_version, created.dim, len(created)) == ("v9", 4, 0)
+
+
+def test_updates_and_deletes_are_written_through_and_reload(tmp_path):
+    path = tmp_path / "g.npz"
+    gallery, _ = random_gallery()
+    gallery.save(path)
+    stored = Gallery.load(path)
+    first, second = stored.rows[0]["id"], stored.rows[1]["id"]
+    assert stored.update(first, {"price": 9000, "listing": "L1"})["price"] == 9000
+    assert stored.delete([second, "no-such-id"]) == 1
+    reloaded = Gallery.load(path)  # nothing left in memory only
+    assert len(reloaded) == 49 and reloaded.get(second) is None
+    assert reloaded.get(first)["listing"] == "L1" and reloaded.get(first)["price"] == 9000
+    query = stored.embeddings[0]
+    assert [h.id for h in reloaded.search(query, 3)] == [h.id for h in stored.search(query, 3)]
+    assert reloaded.update(first, {"listing": None}) is not None and "listing" not in Gallery.load(path).get(first)
