@@ -15,6 +15,19 @@ uploaded photo through the server and searches the store, filters included.
     GET  /api/info          gallery size, model version, the makes and years to filter by
     GET  /docs, /openapi.json   the API description (FastAPI)
 
+Apps write to the gallery (clients/writes.py; `Authorization: Bearer KEY`, the key from
+CARS_WRITE_KEY or --write-key-file; without one configured every write is 403):
+
+    POST   /gallery         multipart: the photo in `file`, the app's `id`, optional `label`, any
+                            other field as metadata (listing, make, year, price...) -> 201
+    PATCH  /gallery/{id}    a JSON object of fields to set (null removes one)
+    DELETE /gallery/{id}    the row and its kept photo
+    GET    /gallery/{id}    the row (no key needed)
+
+Each write is embedded through TorchServe (when it has a photo), checked against the gallery's
+model version and acknowledged only once the store has it durably; writes and searches take
+turns on the store (one lock), so none sees half a write.
+
 Errors are JSON `{"error": ..., "status": N}`: 400 (empty upload, bad k or filter), 413 (over
 the byte cap, the server's), 415 (not an image), 409 (the server runs another model than the
 gallery's), 503 (TorchServe down or not ready). Binds 127.0.0.1 unless told otherwise.
@@ -40,7 +53,7 @@ from pathlib import Path
 from threading import Lock
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,10 +63,15 @@ from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument
 from clients.metadata import Condition, parse_where
 from clients.store import DEFAULT_GALLERY, GalleryStore, Hit, VersionMismatch, open_store
+from clients.writes import (
+    MAX_FIELDS, WriteError, check_app_id, check_write_key, existing_photo, image_extension, keep_photo,
+    load_write_key, metadata_fields, row_of,
+)  # fmt: skip
 from core.cli import add_common_flags, parse_args
 from core.errors import run_cli
 
 PAGE = Path(__file__).with_name("web_page.html")
+DEFAULT_PHOTOS = "galleries/photos"  # where photos that apps add are kept
 MAX_BYTES = 10 * 1024 * 1024  # the server's own cap (serve/embedder.py ImageLimits.max_bytes)
 MAX_K = 100
 SEARCH_THREADS = 32  # searches in flight at once (each waits on TorchServe most of its time)
@@ -78,16 +96,19 @@ class Side:
     client: EmbeddingClient
     store_lock: Lock = field(default_factory=Lock)  # one store call at a time; embedding needs none
 
-    def search(self, image: bytes, k: int, where: tuple[Condition, ...]) -> dict[str, Any]:
-        """Blocking: the embedding waits on TorchServe. Run it off the event loop (`create_app`)."""
+    def embed(self, image: bytes):
         try:
-            embedding = self.client.embed(image)
+            return self.client.embed(image)
         except ImageRejected as error:
             raise ApiError(str(error), error.status) from None
         except ServerUnavailable as error:
             raise ApiError(f"the embedding server is unavailable: {error}", 503) from None
         except ClientError as error:
             raise ApiError(str(error), 502) from None
+
+    def search(self, image: bytes, k: int, where: tuple[Condition, ...]) -> dict[str, Any]:
+        """Blocking: the embedding waits on TorchServe. Run it off the event loop (`create_app`)."""
+        embedding = self.embed(image)
         with self.store_lock:
             try:
                 self.store.check_version(embedding.model_version, self.client.url)
@@ -96,6 +117,56 @@ class Side:
             hits = self.store.search(embedding.vector, k, where)
         results = [result(rank, hit) for rank, hit in enumerate(hits, 1)]
         return {"model_version": embedding.model_version, "results": results}
+
+    def add_row(self, photos: Path, app_id: str, image: bytes, label: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Embeds, then under the store lock: refuses a duplicate id or another model, keeps the
+        photo (atomically), adds the row (durably). Blocking, like `search`."""
+        extension = image_extension(image)
+        embedding = self.embed(image)
+        with self.store_lock:
+            row = row_of(photos, app_id)
+            if row is not None and self.store.get(row) is not None:
+                raise ApiError(f"id {app_id!r} is in the gallery already: PATCH or DELETE it", 409)
+            try:
+                self.store.check_version(embedding.model_version, self.client.url)
+            except VersionMismatch as error:
+                raise ApiError(str(error), 409) from None
+            stale = existing_photo(photos, app_id)  # a photo left by a write killed before its row
+            path = keep_photo(photos, app_id, image, extension)
+            if stale is not None and stale != path:
+                stale.unlink(missing_ok=True)
+            self.store.add(embedding.vector[None, :], [str(path)], [label], [{**fields, "app_id": app_id}])
+            return public_row(self.store.get(row_of(photos, app_id)))
+
+    def update_row(self, photos: Path, app_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        with self.store_lock:
+            row = row_of(photos, app_id)
+            updated = self.store.update(row, fields) if row is not None else None
+        if updated is None:
+            raise ApiError(f"no gallery row with id {app_id!r}", 404)
+        return public_row(updated)
+
+    def delete_row(self, photos: Path, app_id: str) -> dict[str, Any]:
+        with self.store_lock:
+            photo = existing_photo(photos, app_id)
+            if photo is None or self.store.delete([row_of(photos, app_id)]) == 0:
+                raise ApiError(f"no gallery row with id {app_id!r}", 404)
+            photo.unlink(missing_ok=True)  # after the row: a search never returns a row without its photo
+        return {"id": app_id, "deleted": True}
+
+    def get_row(self, photos: Path, app_id: str) -> dict[str, Any]:
+        with self.store_lock:
+            row = row_of(photos, app_id)
+            found = self.store.get(row) if row is not None else None
+        if found is None:
+            raise ApiError(f"no gallery row with id {app_id!r}", 404)
+        return public_row(found)
+
+
+def public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the API shows it: no server paths; `image_url` for its thumbnail."""
+    public = {key: value for key, value in row.items() if key != "path"}
+    return {**public, "image_url": f"/images/{row['id']}"}
 
 
 def result(rank: int, hit: Hit) -> dict[str, Any]:
@@ -176,7 +247,39 @@ def parse_filters(where: list[str]) -> tuple[Condition, ...]:
         raise ApiError(str(error), 400) from None
 
 
-def create_app(sides: list[Side], search_threads: int = SEARCH_THREADS) -> FastAPI:
+async def read_listing(request: Request) -> tuple[bytes, dict[str, str]]:
+    """POST /gallery's form: the photo in `file` and the other fields as text, capped like a search's upload."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BYTES + 64 * 1024:
+        raise ApiError(f"upload of {declared} bytes; the limit is {MAX_BYTES} bytes", 413)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError("send a multipart form: the photo in `file`, the app's `id` and metadata fields", 400)
+    form = await request.form(max_files=1, max_fields=MAX_FIELDS + 2)
+    upload, fields = form.get("file"), {}
+    for name, value in form.multi_items():
+        if name == "file":
+            continue
+        if not isinstance(value, str):
+            raise ApiError(f"field {name!r} is a file; only `file` may be one", 400)
+        if name in fields:
+            raise ApiError(f"field {name!r} is given twice", 400)
+        fields[name] = value
+    if upload is None or isinstance(upload, str):
+        raise ApiError('no photo in the form: send it in a field named "file"', 400)
+    data = await upload.read(MAX_BYTES + 1)
+    if not data:
+        raise ApiError("empty photo", 400)
+    if len(data) > MAX_BYTES:
+        raise ApiError(f"upload over the limit of {MAX_BYTES} bytes", 413)
+    return data, fields
+
+
+def create_app(
+    sides: list[Side],
+    search_threads: int = SEARCH_THREADS,
+    write_key: str | None = None,
+    photos: Path = Path(DEFAULT_PHOTOS),
+) -> FastAPI:
     executor = ThreadPoolExecutor(max_workers=search_threads, thread_name_prefix="search")
 
     @asynccontextmanager
@@ -194,6 +297,14 @@ def create_app(sides: list[Side], search_threads: int = SEARCH_THREADS) -> FastA
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return JSONResponse({"error": str(error), "status": error.status}, status_code=error.status)
+
+    @app.exception_handler(WriteError)
+    async def write_error(request: Request, error: WriteError) -> JSONResponse:
+        return JSONResponse({"error": str(error), "status": error.status}, status_code=error.status)
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, error: ClientError) -> JSONResponse:  # a store's refusal
+        return JSONResponse({"error": str(error), "status": 400}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:  # 404, 405 ...
@@ -234,6 +345,40 @@ def create_app(sides: list[Side], search_threads: int = SEARCH_THREADS) -> FastA
             answer["where"] = [str(c) for c in conditions]
         return answer
 
+    async def on_store(work, *args) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
+
+    @app.post("/gallery", status_code=201)
+    async def add_to_gallery(request: Request, authorization: Annotated[str | None, Header()] = None):
+        """Adds one photo under the app's `id`, every other form field as its metadata."""
+        check_write_key(write_key, authorization)
+        image, fields = await read_listing(request)
+        app_id = check_app_id(fields.pop("id", ""))
+        label = fields.pop("label", "")
+        metadata = metadata_fields(fields, from_form=True)
+        return await on_store(main.add_row, photos, app_id, image, label, metadata)
+
+    @app.patch("/gallery/{app_id}")
+    async def update_in_gallery(app_id: str, request: Request, authorization: Annotated[str | None, Header()] = None):
+        """Sets the metadata fields of a JSON object (null removes one)."""
+        check_write_key(write_key, authorization)
+        try:
+            fields = await request.json()
+        except ValueError:
+            raise ApiError("send the fields to change as a JSON object", 400) from None
+        if not isinstance(fields, dict) or not fields:
+            raise ApiError("send the fields to change as a non-empty JSON object", 400)
+        return await on_store(main.update_row, photos, check_app_id(app_id), metadata_fields(fields, from_form=False))
+
+    @app.delete("/gallery/{app_id}")
+    async def delete_from_gallery(app_id: str, authorization: Annotated[str | None, Header()] = None):
+        check_write_key(write_key, authorization)
+        return await on_store(main.delete_row, photos, check_app_id(app_id))
+
+    @app.get("/gallery/{app_id}")
+    async def get_from_gallery(app_id: str):
+        return await on_store(main.get_row, photos, check_app_id(app_id))
+
     @app.get("/images/{row_id}", responses={200: {"content": {"image/jpeg": {}}}})
     def image(row_id: str, size: Annotated[int, Query(description=f"one of {THUMB_SIZES}")] = 256) -> Response:
         if size not in THUMB_SIZES:
@@ -253,6 +398,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare-url", help="the endpoint of the model that built --compare (default: --url)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine)")
     parser.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    parser.add_argument(
+        "--write-key-file",
+        help="file holding the key that apps' writes must send (default: $CARS_WRITE_KEY; neither: no writes)",
+    )
+    parser.add_argument(
+        "--photos", default=DEFAULT_PHOTOS, help="where photos apps add are kept (default: %(default)s)"
+    )
     parser.add_argument(
         "--search-threads",
         type=int,
@@ -280,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ClientError(f"--port must be in 1..65535, got {args.port}")
     if not 1 <= args.search_threads <= 1024:
         raise ClientError(f"--search-threads must be in 1..1024, got {args.search_threads}")
-    app = create_app(make_sides(args), args.search_threads)
+    app = create_app(make_sides(args), args.search_threads, load_write_key(args.write_key_file), Path(args.photos))
     print(f"Search page: http://{args.host}:{args.port}/  (API: POST /search, docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

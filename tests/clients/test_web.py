@@ -49,11 +49,12 @@ def gallery(server, cars, tmp_path_factory) -> Path:
     return store
 
 
-def start_page(gallery: Path | str, url: str, *extra: str) -> tuple[subprocess.Popen, str]:
+def start_page(gallery: Path | str, url: str, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = free_ports(1)[0]
+    environment = {key: value for key, value in os.environ.items() if key != "CARS_WRITE_KEY"} | (env or {})
     process = subprocess.Popen(
         [str(CLIENT_PY), "clients/web.py", "--gallery", str(gallery), "--url", url, "--port", str(port), *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
