@@ -37,6 +37,7 @@ from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
     updated_row,
 )  # fmt: skip
+from clients.grouping import check_group_field, grouped_search
 from clients.store import Hit, location_options, version_mismatch
 from core.files import write_json_atomic
 
@@ -249,6 +250,10 @@ class EdgeGallery:
             except ValueError:  # not a UUID: no such row
                 return None
         return payload_row(records[0].payload) if records else None
+
+    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
+        """The best row of each of the top_k groups, from this store's exact ranking."""
+        return grouped_search(self.search, query, top_k, where, check_group_field(group_by), len(self))
 
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Overwrites one row's payload with `fields` applied, and flushes."""

@@ -25,6 +25,7 @@ import numpy as np
 from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
 from clients.metadata import Condition, row_metadata, updated_row
+from clients.grouping import check_group_field, grouped_search
 from clients.store import Hit, version_mismatch
 from core.files import write_file_atomic
 
@@ -96,6 +97,10 @@ class Gallery:
         if self._by_id is None:  # built once per gallery version: thumbnails ask for rows one by one
             self._by_id = {row["id"]: row for row in self.rows}
         return self._by_id.get(row_id)
+
+    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
+        """The best row of each of the top_k groups, from this store's exact ranking."""
+        return grouped_search(self.search, query, top_k, where, check_group_field(group_by), len(self))
 
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Sets or removes (None) metadata fields of one row; the file is rewritten atomically."""

@@ -29,7 +29,7 @@ FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED = ("id", "path", "label")  # set by the gallery itself; a sidecar may not override them
 # Payload indexes of the Qdrant stores (Edge and server alike). `year` is a float index, so that a
 # year written as 2010.5 is still found by `year>=2010`, as `matches` finds it.
-KEYWORD_FIELDS = ("make", "model", "label")
+KEYWORD_FIELDS = ("make", "model", "label", "listing")  # indexed by the Qdrant stores
 NUMBER_FIELDS = ("year",)
 # Payload key of the original values of fields stored as text (see `stored_payload`); no filter can
 # name it (a filter field is a plain name), so it never takes part in filtering.

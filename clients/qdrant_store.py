@@ -55,6 +55,7 @@ from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
     updated_row,
 )  # fmt: skip
+from clients.grouping import check_group_field
 from clients.store import Hit, location_options, version_mismatch
 
 try:
@@ -423,6 +424,18 @@ class QdrantGallery:
         points = self._call(f"cannot read {self.store}", self.client.retrieve, self.collection, ids=[row_id],
                             with_payload=True)  # fmt: skip
         return payload_row(points[0].payload) if points else None
+
+    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
+        """Qdrant's own grouping: one hit (the best) per group, top_k groups."""
+        if top_k <= 0:
+            return []
+        found = self._call(
+            f"cannot search {self.store}", self.client.query_points_groups, self.collection,
+            group_by=check_group_field(group_by), query=np.asarray(query, np.float32).reshape(-1).tolist(),
+            limit=int(top_k), group_size=1, query_filter=to_filter(where), with_payload=True,
+            search_params=models.SearchParams(hnsw_ef=HNSW_EF),
+        )  # fmt: skip
+        return [_hit(group.hits[0].payload, float(group.hits[0].score)) for group in found.groups if group.hits]
 
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Overwrites one row's payload with `fields` applied (wait=True: durable on return)."""

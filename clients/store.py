@@ -61,6 +61,9 @@ class GalleryStore(Protocol):
     def search(self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[Hit]:
         """The top_k rows passing every condition of `where`, best first."""
 
+    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
+        """The best row of each of the top_k groups of `group_by` (clients/grouping.py), best first."""
+
     def get(self, row_id: str) -> dict[str, Any] | None:
         """The metadata of one row by its id (path, label, ...), or None."""
 

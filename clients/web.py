@@ -8,7 +8,8 @@ uploaded photo through the server and searches the store, filters included.
 
     GET  /                  the page (works offline: no external script, font or style)
     POST /search            multipart field `file` (or `image`), or the raw image as the body;
-                            query `k` (1..100) and `where` (repeatable, e.g. make=Audi, year>=2010)
+                            query `k` (1..100), `where` (repeatable, e.g. make=Audi, year>=2010),
+                            `group_by` (listing, model...: the best photo of each of k groups)
                             -> {"model_version", "results": [{"rank", "score", "label", "id",
                             "image_url", "make", "model", "year", ...}]} (+ "compare" with --compare)
     GET  /images/{id}       a gallery image, by the id of its row only, resized (?size=, cached)
@@ -61,6 +62,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected, ServerUnavailable
 from clients.cli import add_api_key_argument
+from clients.grouping import GROUP_FIELDS
 from clients.metadata import Condition, parse_where
 from clients.store import DEFAULT_GALLERY, GalleryStore, Hit, VersionMismatch, open_store
 from clients.writes import (
@@ -106,15 +108,19 @@ class Side:
         except ClientError as error:
             raise ApiError(str(error), 502) from None
 
-    def search(self, image: bytes, k: int, where: tuple[Condition, ...]) -> dict[str, Any]:
-        """Blocking: the embedding waits on TorchServe. Run it off the event loop (`create_app`)."""
+    def search(self, image: bytes, k: int, where: tuple[Condition, ...], group_by: str | None = None) -> dict[str, Any]:
+        """Blocking: the embedding waits on TorchServe. Run it off the event loop (`create_app`).
+        With `group_by`, the best photo of each of k groups (e.g. listings)."""
         embedding = self.embed(image)
         with self.store_lock:
             try:
                 self.store.check_version(embedding.model_version, self.client.url)
             except VersionMismatch as error:
                 raise ApiError(str(error), 409) from None
-            hits = self.store.search(embedding.vector, k, where)
+            if group_by:
+                hits = self.store.search_groups(embedding.vector, k, where, group_by)
+            else:
+                hits = self.store.search(embedding.vector, k, where)
         results = [result(rank, hit) for rank, hit in enumerate(hits, 1)]
         return {"model_version": embedding.model_version, "results": results}
 
@@ -291,8 +297,8 @@ def create_app(
     thumbnails = Thumbnails(sides)
     main = sides[0]
 
-    async def off_loop(side: Side, image: bytes, k: int, conditions: tuple[Condition, ...]) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(executor, side.search, image, k, conditions)
+    async def off_loop(side: Side, *args) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(executor, side.search, *args)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -334,15 +340,24 @@ def create_app(
         request: Request,
         k: Annotated[int, Query(ge=1, le=MAX_K, description="number of results")] = 12,
         where: Annotated[list[str], Query(description="filters: make=Audi, year>=2010 (all must hold)")] = [],  # noqa: B006
+        group_by: Annotated[
+            str | None, Query(description=f"one result per group, k groups: {', '.join(GROUP_FIELDS)}")
+        ] = None,
     ) -> dict[str, Any]:
-        """Embeds the uploaded image and returns the k most similar gallery cars passing the filters."""
+        """Embeds the uploaded image and returns the k most similar gallery cars passing the filters
+        (with group_by: the best photo of each of the k most similar listings, or car models)."""
         conditions = parse_filters(where)
+        if group_by is not None and group_by not in GROUP_FIELDS:
+            raise ApiError(f"group_by must be one of {', '.join(GROUP_FIELDS)}, got {group_by!r}", 400)
         image = await read_upload(request)
-        answer, *others = await asyncio.gather(*(off_loop(side, image, k, conditions) for side in sides))
+        searches = (off_loop(side, image, k, conditions, group_by) for side in sides)
+        answer, *others = await asyncio.gather(*searches)
         if others:
             answer["compare"] = {"name": sides[1].name, **others[0]}
         if conditions:
             answer["where"] = [str(c) for c in conditions]
+        if group_by:
+            answer["group_by"] = group_by
         return answer
 
     async def on_store(work, *args) -> dict[str, Any]:

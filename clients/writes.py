@@ -105,10 +105,12 @@ def metadata_value(name: str, value: Any, from_form: bool) -> Any:
     bool, or None (PATCH: remove the field)."""
     if not FIELD.match(name) or name in RESERVED or name == "app_id":
         raise WriteError(f"field {name!r} is reserved or not a plain name (letters, digits, _)", 400)
-    if from_form:
+    if from_form and name != "listing":  # a listing is a name, even when it looks like a number
         value = _typed(value)
     if value is None and not from_form:
         return None
+    if name == "listing" and not isinstance(value, str):
+        raise WriteError("field 'listing': a listing is text (send it as a JSON string)", 400)
     if isinstance(value, bool) or (isinstance(value, int) and abs(value) < 2**53):
         return value
     if isinstance(value, float) and math.isfinite(value):

@@ -242,6 +242,46 @@ def check_updates_and_deletes_match_the_file_store_and_last(tmp: Path) -> None:
     reopened.close()
 
 
+def listing_rows(n: int = 300, dim: int = 32):
+    """Rows of which most belong to one of 41 listings (several photos each) and some to none."""
+    vectors = unit_rows(n, dim, seed=5)
+    paths, labels, extra = rows_metadata(n)
+    for i, attributes in enumerate(extra):
+        if i % 10:
+            attributes["listing"] = f"L{i % 41}"
+    reference = Gallery("v1", dim)
+    reference.add(vectors, paths, labels, extra)
+    return vectors, paths, labels, extra, reference
+
+
+def brute_force_groups(reference: Gallery, query: np.ndarray, k: int, field: str, where=()) -> list[str]:
+    """The ids of the best row of each of the k best groups, from every row's score (no store code)."""
+    scores = reference.embeddings @ query
+    best: dict = {}
+    for i in np.argsort(-scores):
+        row = reference.rows[i]
+        if row.get(field) is not None and matches(row, where) and row[field] not in best:
+            best[row[field]] = row["id"]
+    return list(best.values())[:k]
+
+
+def check_grouped_search_gives_the_best_photo_of_each_group(tmp: Path) -> None:
+    vectors, paths, labels, extra, reference = listing_rows()
+    store = open_store(f"qdrant://{tmp / 'groups'}", create=("v1", 32))
+    store.add(vectors, paths, labels, extra)
+    queries = unit_rows(8, 32, seed=9)
+    for field, k, where in (("listing", 5, ()), ("listing", 12, (parse_where("make=Audi"),)), ("model", 3, ()),
+                            ("listing", 60, ())):  # fmt: skip
+        for query in queries:
+            want = brute_force_groups(reference, query, k, field, where)
+            assert [h.id for h in reference.search_groups(query, k, where, field)] == want
+            got = store.search_groups(query, k, where, field)
+            assert [h.id for h in got] == want, (field, k)
+            assert len({h.metadata[field] for h in got}) == len(got) == min(k, 41 if field == "listing" else 4)
+    one_line_error(lambda: store.search_groups(queries[0], 3, (), "price"), "group_by must be one of")
+    store.close()
+
+
 def check_bad_locations_are_one_line_errors(tmp: Path) -> None:
     os.chdir(tmp)
     one_line_error(lambda: open_store("qdrant://", create=("v1", 4)), "names no directory")

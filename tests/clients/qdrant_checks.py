@@ -108,7 +108,8 @@ def check_collection_is_created_with_the_cluster_settings(tmp: Path) -> None:
         }  # fmt: skip
         index_calls = standin.calls("PUT", "/collections/cars/index")
         indexes = {r.body["field_name"]: r.body["field_schema"] for r in index_calls}
-        assert indexes == {"make": "keyword", "model": "keyword", "label": "keyword", "year": "float"}
+        keywords = {"make": "keyword", "model": "keyword", "label": "keyword", "listing": "keyword"}
+        assert indexes == {**keywords, "year": "float"}
         assert all(r.query.get("wait") == "true" for r in index_calls)
         store.close()
         # Reopened: nothing is created again; the settings and the model come from the collection.
@@ -170,6 +171,20 @@ def check_updates_and_deletes_are_durable_and_match_the_file_store(tmp: Path) ->
         assert len(writes) == 3 and all(r.query.get("wait") == "true" for r in writes)  # durable on return
         deleted = standin.calls("POST", "/collections/cars/points/delete")[0].body["points"]
         assert deleted == [row_id("/cars/0005.jpg"), row_id("/cars/0006.jpg")]  # only ids that exist, once each
+        assert_contract(standin)
+
+
+def check_grouping_is_qdrants_own_and_matches_the_file_store(tmp: Path) -> None:
+    vectors, paths, labels, extra, gallery = edge_checks.listing_rows()
+    with StandIn() as standin:
+        store = open_store(standin.location("cars"), create=("v1", DIM))
+        store.add(vectors, paths, labels, extra)
+        for query in unit_rows(5, DIM, seed=9):
+            for field, k in (("listing", 7), ("model", 3)):
+                got = [h.id for h in store.search_groups(query, k, (), field)]
+                assert got == [h.id for h in gallery.search_groups(query, k, (), field)], (field, k)
+        grouped = standin.calls("POST", "/collections/cars/points/query/groups")
+        assert len(grouped) == 10 and grouped[0].body["group_by"] == "listing" and grouped[0].body["group_size"] == 1
         assert_contract(standin)
 
 
@@ -333,8 +348,8 @@ def check_a_refused_destination_is_left_as_it_was(tmp: Path) -> None:
         assert len(standin.requests) == before
         fill(store, vectors, 5)
         sent = [(r.method, r.path) for r in standin.requests[before:]]
-        assert sent == [("PUT", "/collections/v2/index")] * 4 + [("PUT", "/collections/v2/points")], sent
-        assert set(standin.collections["v2"]["indexes"]) == {"make", "model", "label", "year"}
+        assert sent == [("PUT", "/collections/v2/index")] * 5 + [("PUT", "/collections/v2/points")], sent
+        assert set(standin.collections["v2"]["indexes"]) == {"make", "model", "label", "listing", "year"}
         assert_contract(standin)
 
 

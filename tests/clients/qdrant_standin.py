@@ -33,6 +33,7 @@ REQUEST_MODELS = {
     ("POST", r"/collections/[^/]+/points/scroll"): models.ScrollRequest,
     ("POST", r"/collections/[^/]+/points/count"): models.CountRequest,
     ("POST", r"/collections/[^/]+/points/query"): models.QueryRequest,
+    ("POST", r"/collections/[^/]+/points/query/groups"): models.QueryGroupsRequest,
     ("PUT", r"/collections/[^/]+/points/payload"): models.SetPayload,
     ("POST", r"/collections/[^/]+/points/delete"): models.PointIdsList,
 }
@@ -169,6 +170,18 @@ class StandIn:
             scored = sorted(((float(v @ query), i) for i, (v, _) in points.items()), reverse=True)
             found = scored[: body.get("limit") or 10]
             return {"points": [{**self._record(i, points[i], body), "score": s, "version": 0} for s, i in found]}
+        if (method, rest) == ("POST", "/points/query/groups"):  # Qdrant's grouping, filter not applied
+            query = np.asarray(body["query"]["nearest"] if isinstance(body["query"], dict) else body["query"])
+            scored = sorted(((float(v @ query.astype(np.float32)), i) for i, (v, _) in points.items()), reverse=True)
+            groups: dict = {}
+            for score, i in scored:
+                value = points[i][1].get(body["group_by"])
+                if value is None or (value not in groups and len(groups) == (body.get("limit") or 10)):
+                    continue
+                hits = groups.setdefault(value, [])
+                if len(hits) < (body.get("group_size") or 3):
+                    hits.append({**self._record(i, points[i], body), "score": score, "version": 0})
+            return {"groups": [{"id": value, "hits": hits} for value, hits in groups.items()]}
         return 404, {"status": {"error": f"stand-in: no route {method} /collections/{name}{rest}"}, "time": 0.0}
 
     @staticmethod

@@ -67,6 +67,19 @@ def test_an_app_adds_updates_and_deletes_a_listing_photo(writable, cars):  # noq
     assert requests.get(f"{base}/api/info", timeout=30).json()["gallery"] == 30 and list(photos.iterdir()) == []
 
 
+def test_a_listing_with_several_photos_comes_back_once_with_group_by(writable, cars):  # noqa: F811
+    base, _ = writable
+    photos = sorted((cars / "gallery" / "003_BMW_X5_SUV_2011").iterdir())[:3]
+    for i, photo in enumerate(photos):
+        assert add(base, photo.read_bytes(), id=f"ad-9-{i}", listing="ad-9", price="9000").status_code == 201
+    query = held_out(cars, "003_BMW_X5_SUV_2011").read_bytes()
+    plain = search(base, query, k=40).json()["results"]  # the whole gallery, ranked
+    grouped = search(base, query, k=3, group_by="listing").json()["results"]
+    assert [r.get("listing") for r in plain].count("ad-9") == 3  # the three photos of one car...
+    assert [r["listing"] for r in grouped] == ["ad-9"]  # ...are one result; rows of no listing are in no group
+    assert grouped[0]["id"] == next(r["id"] for r in plain if r.get("listing") == "ad-9")  # its best photo
+
+
 @pytest.mark.parametrize(
     "method, path, kwargs, status, message",
     [

@@ -298,3 +298,17 @@ def test_searches_reach_the_model_server_together_and_the_page_answers_meanwhile
             process.wait(timeout=30)
     assert [a.status_code for a in answers] == [200] * 8, answers[0].text
     assert len({tuple(r["id"] for r in a.json()["results"]) for a in answers}) == 1  # the same answer, 8 times
+
+
+def test_group_by_gives_the_best_photo_of_each_car_model(page, cars):
+    image = held_out(cars, "002_Audi_TT_Coupe_2012").read_bytes()
+    plain = search(page, image, k=30).json()["results"]
+    grouped = search(page, image, k=6, group_by="label").json()
+    labels = [r["label"] for r in grouped["results"]]
+    assert grouped["group_by"] == "label" and sorted(labels) == sorted(LABELS)  # 6 models, once each
+    best = {}  # the first (best) photo of each label in the plain ranking of all 30
+    for r in plain:
+        best.setdefault(r["label"], r["id"])
+    assert [r["id"] for r in grouped["results"]] == list(best.values())
+    refused = search(page, image, group_by="price")
+    assert refused.status_code == 400 and "group_by must be one of" in refused.json()["error"]
