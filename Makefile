@@ -45,7 +45,7 @@ GALLERY    ?= galleries/gallery.npz
 # demo: the query is the first image of the first class the run held out (never seen in training)
 HELD_OUT_IMAGE = $$($(PY) -c 'import json,sys,pathlib; c=json.load(open(sys.argv[1]))["classes"]["holdout"][0]; print(sorted(p for p in pathlib.Path(sys.argv[2],c).iterdir() if p.suffix.lower() in {".jpg",".jpeg",".png",".webp",".bmp",".gif",".tif",".tiff"})[0])' $(RUN)/run.json $(DATA))
 
-.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query web browser kserve-bundle demo test lint clean clean-runs bench
+.PHONY: help install client-install constraints synthetic train evaluate archive serve stop gallery query reindex web browser kserve-bundle demo test lint clean clean-runs bench
 
 help:
 	@echo "make demo       the whole job offline: train -> evaluate -> archive -> serve -> gallery -> query -> stop"
@@ -62,6 +62,7 @@ help:
 	@echo "make gallery    IMAGES=DIR [GALLERY=file.npz|qdrant://DIR]: embed DIR through the server"
 	@echo "make query      IMAGE=car.jpg [GALLERY=...]: print the most similar gallery cars"
 	@echo "make web        [GALLERY=... WEB_PORT=8000]: the search page and API (starts TorchServe if needed)"
+	@echo "make reindex    NEW_URL=... NEW_GALLERY=... [SWITCH=http://127.0.0.1:8000]: re-embed GALLERY with a new model, switch"
 	@echo "make kserve-bundle RUN=DIR [KSERVE_OUT=deploy/kserve/bundle KSERVE_PROTOCOL=v1|v2]: KServe's storage layout"
 	@echo "make bench      CPU benchmarks (15 min on a busy 2-core machine): serving, cache, gallery search"
 	@echo "make lint       ruff"
@@ -122,6 +123,14 @@ gallery: $(CLIENT_STAMP)
 
 query: $(CLIENT_STAMP)
 	$(CLIENT_PY) clients/query.py $(IMAGE) --gallery $(GALLERY) --url $(URL)
+
+# A model upgrade: re-embed GALLERY with the model served at NEW_URL (a second TorchServe) into
+# NEW_GALLERY, resumably; SWITCH=http://127.0.0.1:8000 then moves that running page over (CARS_WRITE_KEY).
+NEW_GALLERY ?= galleries/gallery-new.npz
+NEW_URL    ?= http://127.0.0.1:8090/predictions/cars
+SWITCH     ?=
+reindex: $(CLIENT_STAMP)
+	$(CLIENT_PY) clients/reindex.py --from $(GALLERY) --to $(NEW_GALLERY) --url $(NEW_URL) $(if $(SWITCH),--switch $(SWITCH))
 
 # The search page and API on 127.0.0.1:WEB_PORT over GALLERY; starts TorchServe first unless one answers
 # at URL, and stops the one it started when the page stops (Ctrl-C).

@@ -64,6 +64,7 @@ from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument
 from clients.grouping import GROUP_FIELDS
 from clients.metadata import Condition, parse_where
+from clients.reindex import served_version, sync
 from clients.store import DEFAULT_GALLERY, GalleryStore, Hit, VersionMismatch, open_store
 from clients.writes import (
     MAX_FIELDS, WriteError, check_app_id, check_write_key, existing_photo, image_extension, keep_photo,
@@ -89,18 +90,37 @@ class ApiError(Exception):
         self.status = status
 
 
-@dataclass
-class Side:
-    """One gallery and the server whose model built it (two with --compare: tuned and base)."""
+@dataclass(frozen=True)
+class Backend:
+    """A gallery and the server whose model built it: replaced as one (a model upgrade, `switch`)."""
 
-    name: str
     store: GalleryStore
     client: EmbeddingClient
-    store_lock: Lock = field(default_factory=Lock)  # one store call at a time; embedding needs none
 
-    def embed(self, image: bytes):
+
+@dataclass
+class Side:
+    """One gallery and the server whose model built it (two with --compare: tuned and base).
+
+    A search or write reads `backend` once and uses that gallery and that model from start to end,
+    so a switch to a new model never mixes two model versions in one answer."""
+
+    name: str
+    backend: Backend
+    store_lock: Lock = field(default_factory=Lock)  # one store call at a time; embedding needs none
+    retired: list[Backend] = field(default_factory=list)  # switched away from; in-flight searches may use them
+
+    @property
+    def store(self) -> GalleryStore:
+        return self.backend.store
+
+    @property
+    def client(self) -> EmbeddingClient:
+        return self.backend.client
+
+    def embed(self, image: bytes, client: EmbeddingClient | None = None):
         try:
-            return self.client.embed(image)
+            return (client or self.client).embed(image)
         except ImageRejected as error:
             raise ApiError(str(error), error.status) from None
         except ServerUnavailable as error:
@@ -111,16 +131,17 @@ class Side:
     def search(self, image: bytes, k: int, where: tuple[Condition, ...], group_by: str | None = None) -> dict[str, Any]:
         """Blocking: the embedding waits on TorchServe. Run it off the event loop (`create_app`).
         With `group_by`, the best photo of each of k groups (e.g. listings)."""
-        embedding = self.embed(image)
+        backend = self.backend
+        embedding = self.embed(image, backend.client)
         with self.store_lock:
             try:
-                self.store.check_version(embedding.model_version, self.client.url)
+                backend.store.check_version(embedding.model_version, backend.client.url)
             except VersionMismatch as error:
                 raise ApiError(str(error), 409) from None
             if group_by:
-                hits = self.store.search_groups(embedding.vector, k, where, group_by)
+                hits = backend.store.search_groups(embedding.vector, k, where, group_by)
             else:
-                hits = self.store.search(embedding.vector, k, where)
+                hits = backend.store.search(embedding.vector, k, where)
         results = [result(rank, hit) for rank, hit in enumerate(hits, 1)]
         return {"model_version": embedding.model_version, "results": results}
 
@@ -128,8 +149,11 @@ class Side:
         """Embeds, then under the store lock: refuses a duplicate id or another model, keeps the
         photo (atomically), adds the row (durably). Blocking, like `search`."""
         extension = image_extension(image)
-        embedding = self.embed(image)
+        backend = self.backend
+        embedding = self.embed(image, backend.client)
         with self.store_lock:
+            if self.backend is not backend:  # switched to a new model meanwhile: embed with it
+                embedding = self.embed(image)
             row = row_of(photos, app_id)
             if row is not None and self.store.get(row) is not None:
                 raise ApiError(f"id {app_id!r} is in the gallery already: PATCH or DELETE it", 409)
@@ -143,6 +167,35 @@ class Side:
                 stale.unlink(missing_ok=True)
             self.store.add(embedding.vector[None, :], [str(path)], [label], [{**fields, "app_id": app_id}])
             return public_row(self.store.get(row_of(photos, app_id)))
+
+    def switch(self, gallery: str, url: str, api_key: str | None) -> dict[str, Any]:
+        """Moves to `gallery`, embedded by the model at `url` (clients/reindex.py made it): checks
+        that they agree, catches up on the writes made since the re-embedding (under the store
+        lock: no write is lost), then replaces the backend in one assignment."""
+        client = EmbeddingClient(url, retries=1, api_key=api_key)
+        try:
+            version, _ = served_version(client)
+        except ClientError as error:
+            raise ApiError(f"cannot switch: {error}", 503 if isinstance(error, ServerUnavailable) else 400) from None
+        try:
+            store = open_store(gallery)
+        except ClientError as error:
+            raise ApiError(f"cannot switch: {error}", 400) from None
+        if store.model_version != version:
+            store.close()
+            raise ApiError(
+                f"cannot switch: {url} serves model {version[:12]}, {gallery} holds model "
+                f"{store.model_version[:12]}: run clients/reindex.py with that --url first",
+                409,
+            )
+        with self.store_lock:
+            if self.backend.store.model_version == version:
+                store.close()
+                raise ApiError(f"the service already searches with model {version[:12]}", 409)
+            caught_up = sync(self.backend.store, store, client)
+            self.retired.append(self.backend)
+            self.backend = Backend(store, client)
+        return {"gallery": gallery, "model_version": version, "rows": len(store), "caught_up": caught_up}
 
     def update_row(self, photos: Path, app_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         with self.store_lock:
@@ -363,6 +416,18 @@ def create_app(
     async def on_store(work, *args) -> dict[str, Any]:
         return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
 
+    @app.post("/admin/switch")
+    async def switch(request: Request, authorization: Annotated[str | None, Header()] = None):
+        """A model upgrade (clients/reindex.py --switch): {"gallery": LOCATION, "url": NEW_MODEL_URL}."""
+        check_write_key(write_key, authorization)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("gallery", "url")):
+            raise ApiError('send {"gallery": LOCATION, "url": URL of the new model} as JSON', 400)
+        return await on_store(main.switch, body["gallery"], body["url"], main.client.api_key)
+
     @app.post("/gallery", status_code=201)
     async def add_to_gallery(request: Request, authorization: Annotated[str | None, Header()] = None):
         """Adds one photo under the app's `id`, every other form field as its metadata."""
@@ -432,10 +497,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def make_sides(args: argparse.Namespace) -> list[Side]:
     # One retry: a page should say "server down" within a second or two, not after a long backoff.
-    sides = [Side("tuned", open_store(args.gallery), EmbeddingClient(args.url, retries=1, api_key=args.api_key))]
+    client = EmbeddingClient(args.url, retries=1, api_key=args.api_key)
+    sides = [Side("tuned", Backend(open_store(args.gallery), client))]
     if args.compare:
         client = EmbeddingClient(args.compare_url or args.url, retries=1, api_key=args.api_key)
-        sides.append(Side("base", open_store(args.compare), client))
+        sides.append(Side("base", Backend(open_store(args.compare), client)))
     return sides
 
 
