@@ -35,7 +35,7 @@ def test_the_wheel_holds_every_package_and_the_console_scripts(wheel):
     assert not any(name.startswith("tests/") for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("cars-train", "cars-serve", "cars-gallery", "cars-query"):
+    for script in ("cars-train", "cars-serve", "cars-gallery", "cars-query", "cars-web", "cars-reindex"):
         assert f"{script} =" in text
 
 
