@@ -182,3 +182,43 @@ def test_a_killed_service_loses_no_acknowledged_write(server, cars, tmp_path, ki
         assert again.status_code == 201, again.text
     finally:
         stop(process)
+
+
+def test_the_listings_cli_does_the_same_writes(writable, cars, tmp_path):  # noqa: F811
+    import json
+    import os
+    import subprocess
+
+    from tests.clients.test_end_to_end import CLIENT_PY
+    from tests.conftest import ROOT
+
+    base, _ = writable
+    photo = held_out(cars, "005_Dodge_Ram_Pickup_2009")
+    key_file = tmp_path / "write.key"
+    key_file.write_text(KEY + "\n")
+
+    def listings(*args: str, key: bool = True) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "CARS_WRITE_KEY"}
+        flags = ["--write-key-file", str(key_file)] if key else []
+        return subprocess.run([str(CLIENT_PY), "clients/listings.py", "--service", base, *flags, *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    added = listings("--json", "add", str(photo), "--id", "cli-1", "--set", "listing=0042", "--set", "price=7000")
+    assert added.returncode == 0, added.stderr
+    row = json.loads(added.stdout)
+    assert row["listing"] == "0042" and row["price"] == 7000  # a listing stays text, a price is a number
+    assert listings("update", "cli-1", "--set", "price=6500", "--remove", "listing").returncode == 0
+    shown = listings("get", "cli-1", key=False)
+    assert shown.returncode == 0 and "price=6500" in shown.stdout and "listing" not in shown.stdout
+    assert listings("delete", "cli-1").stdout.strip() == "deleted cli-1"
+    refusals = [
+        (("get", "cli-1"), False, "HTTP 404"),
+        (("delete", "cli-1"), True, "HTTP 404"),
+        (("delete", "x"), False, "write key"),
+        (("update", "x", "--set", "oops"), True, "NAME=VALUE"),
+        (("add", str(tmp_path / "missing.jpg"), "--id", "y"), True, "cannot read"),
+    ]
+    for args, key, message in refusals:
+        failed = listings(*args, key=key)
+        assert failed.returncode == 2 and message in failed.stderr, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1
