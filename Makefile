@@ -130,7 +130,7 @@ NEW_GALLERY ?= galleries/gallery-new.npz
 NEW_URL    ?= http://127.0.0.1:8090/predictions/cars
 SWITCH     ?=
 reindex: $(CLIENT_STAMP)
-	$(CLIENT_PY) clients/reindex.py --from $(GALLERY) --to $(NEW_GALLERY) --url $(NEW_URL) $(if $(SWITCH),--switch $(SWITCH))
+	$(CLIENT_PY) search_service/reindex.py --from $(GALLERY) --to $(NEW_GALLERY) --url $(NEW_URL) $(if $(SWITCH),--switch $(SWITCH))
 
 # The search page and API on 127.0.0.1:WEB_PORT over GALLERY; starts TorchServe first unless one answers
 # at URL, and stops the one it started when the page stops (Ctrl-C).
@@ -140,7 +140,7 @@ web: $(STAMP) $(CLIENT_STAMP)
 	    $(subst /predictions/cars,/ping,$(URL)) 2>/dev/null; then started=; else \
 	  $(PY) -m serve.server start --config serve/config.properties --log-dir logs $(if $(PORT),--port $(PORT)) || exit 2; started=1; fi; \
 	  trap '[ -n "$$started" ] && $(PY) -m serve.server stop >/dev/null' EXIT INT TERM; \
-	  $(CLIENT_PY) clients/web.py --gallery $(GALLERY) --url $(URL) --port $(WEB_PORT)
+	  $(CLIENT_PY) search_service/web.py --gallery $(GALLERY) --url $(URL) --port $(WEB_PORT)
 
 # KServe storage bundle (docs/deploy.md): KSERVE_OUT/config/config.properties + KSERVE_OUT/model-store/cars.mar.
 # KSERVE_PROTOCOL=v2 for the open inference protocol (match protocolVersion in deploy/kserve/inferenceservice.yaml).

@@ -5,7 +5,7 @@
 
 1. Starts TorchServe on the run with the shipped model settings (serve/config.properties: workers,
    batch size, batching delay), builds a gallery of --gallery-images photos through it, and starts
-   the search page (clients/web.py, from .venv-client) on that gallery, as a user does.
+   the search page (search_service/web.py, from .venv-client) on that gallery, as a user does.
 2. For every concurrency: closed-loop keep-alive clients against TorchServe alone, then against
    `POST /search` (the raw JPEG as the body): searches/s, p50/p99, errors, and /search's share of
    TorchServe's own throughput at that concurrency (the cost of the page: a second HTTP hop, the
@@ -63,7 +63,7 @@ def gallery_photos(folder: Path, count: int) -> Path:
 
 def start_page(gallery: Path, url: str, threads: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_ports(1)[0]
-    command = [str(CLIENT_PY), "clients/web.py", "--gallery", str(gallery), "--url", url, "--port", str(port),
+    command = [str(CLIENT_PY), "search_service/web.py", "--gallery", str(gallery), "--url", url, "--port", str(port),
                "--search-threads", str(threads)]  # fmt: skip
     with open(log, "ab") as sink:
         process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)

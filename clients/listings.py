@@ -5,7 +5,7 @@
     python clients/listings.py get ad-1042-front
     python clients/listings.py delete ad-1042-front
 
-The same requests as `POST / PATCH / DELETE / GET /gallery` (clients/web.py), so the same rules:
+The same requests as `POST / PATCH / DELETE / GET /gallery` (search_service/web.py), so the same rules:
 the photo is embedded by the served model and the answer comes once the gallery has it durably.
 Writes send the write key from CARS_WRITE_KEY or --write-key-file. Errors: one line, exit 2.
 """
@@ -23,7 +23,7 @@ import requests
 from clients.api import ClientError
 from clients.cli import run_cli
 from clients.metadata import _typed
-from clients.writes import WRITE_KEY_ENV, load_write_key
+from search_service.writes import WRITE_KEY_ENV, load_write_key
 from core.cli import add_common_flags, parse_args
 
 DEFAULT_SERVICE = "http://127.0.0.1:8000"

@@ -1,6 +1,6 @@
 """Model upgrades without downtime: re-embed a gallery with the newly served model, then switch.
 
-    python clients/reindex.py --from galleries/gallery.npz --to galleries/gallery-v2.npz \\
+    python search_service/reindex.py --from galleries/gallery.npz --to galleries/gallery-v2.npz \\
         --url http://127.0.0.1:8090/predictions/cars [--switch http://127.0.0.1:8000]
 
 1. Serve the new model beside the old one (a second TorchServe, `--url`); the search service keeps
@@ -36,7 +36,7 @@ from clients.api import DEFAULT_URL, ClientError, Embedding, EmbeddingClient, Im
 from clients.cli import add_api_key_argument, run_cli
 from clients.metadata import row_extra, row_id
 from clients.store import GalleryStore, open_store, same_gallery
-from clients.writes import WRITE_KEY_ENV
+from search_service.writes import WRITE_KEY_ENV
 from core.cli import add_common_flags, parse_args, show_progress
 
 CHECKPOINT = 64  # rows re-embedded per durable step

@@ -1,6 +1,6 @@
 """The search web page and API: drop a car photo, see the most similar gallery cars.
 
-    python clients/web.py --gallery galleries/gallery.npz [--url http://127.0.0.1:8080/predictions/cars]
+    python search_service/web.py --gallery galleries/gallery.npz [--url http://127.0.0.1:8080/predictions/cars]
                           [--host 127.0.0.1] [--port 8000] [--compare OTHER_GALLERY --compare-url URL]
 
 A client of TorchServe like the CLIs (no torch): it opens the gallery store once, embeds each
@@ -16,7 +16,7 @@ uploaded photo through the server and searches the store, filters included.
     GET  /api/info          gallery size, model version, the makes and years to filter by
     GET  /docs, /openapi.json   the API description (FastAPI)
 
-Apps write to the gallery (clients/writes.py; `Authorization: Bearer KEY`, the key from
+Apps write to the gallery (search_service/writes.py; `Authorization: Bearer KEY`, the key from
 CARS_WRITE_KEY or --write-key-file; without one configured every write is 403):
 
     POST   /gallery         multipart: the photo in `file`, the app's `id`, optional `label`, any
@@ -64,9 +64,9 @@ from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument
 from clients.grouping import GROUP_FIELDS
 from clients.metadata import Condition, parse_where
-from clients.reindex import served_version, sync
+from search_service.reindex import served_version, sync
 from clients.store import DEFAULT_GALLERY, GalleryStore, Hit, VersionMismatch, is_qdrant, open_store
-from clients.writes import (
+from search_service.writes import (
     MAX_FIELDS, WriteError, check_app_id, check_write_key, existing_photo, image_extension, keep_photo,
     load_write_key, metadata_fields, row_of,
 )  # fmt: skip
@@ -169,7 +169,7 @@ class Side:
             return public_row(self.store.get(row_of(photos, app_id)))
 
     def switch(self, gallery: str, url: str, api_key: str | None) -> dict[str, Any]:
-        """Moves to `gallery`, embedded by the model at `url` (clients/reindex.py made it): checks
+        """Moves to `gallery`, embedded by the model at `url` (search_service/reindex.py made it): checks
         that they agree, catches up on the writes made since the re-embedding (under the store
         lock: no write is lost), then replaces the backend in one assignment."""
         client = EmbeddingClient(url, retries=1, api_key=api_key)
@@ -185,7 +185,7 @@ class Side:
             store.close()
             raise ApiError(
                 f"cannot switch: {url} serves model {version[:12]}, {gallery} holds model "
-                f"{store.model_version[:12]}: run clients/reindex.py with that --url first",
+                f"{store.model_version[:12]}: run search_service/reindex.py with that --url first",
                 409,
             )
         with self.store_lock:
@@ -418,7 +418,7 @@ def create_app(
 
     @app.post("/admin/switch")
     async def switch(request: Request, authorization: Annotated[str | None, Header()] = None):
-        """A model upgrade (clients/reindex.py --switch): {"gallery": LOCATION, "url": NEW_MODEL_URL}."""
+        """A model upgrade (search_service/reindex.py --switch): {"gallery": LOCATION, "url": NEW_MODEL_URL}."""
         check_write_key(write_key, authorization)
         try:
             body = await request.json()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.clients.test_web import cars, gallery, held_out, search, start_page  # noqa: F401 (fixtures)
+from tests.search_service.test_web import cars, gallery, held_out, search, start_page  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 KEY = "test-write-key-0123456789"

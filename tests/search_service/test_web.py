@@ -1,4 +1,4 @@
-"""The search page and API (clients/web.py), started as a user starts it, against a real TorchServe
+"""The search page and API (search_service/web.py), started as a user starts it, against a real TorchServe
 and a real gallery; the page is driven in a real headless Chromium (Debian's, through Playwright)."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def start_page(gallery: Path | str, url: str, *extra: str, env: dict | None = No
     port = free_ports(1)[0]
     environment = {key: value for key, value in os.environ.items() if key != "CARS_WRITE_KEY"} | (env or {})
     process = subprocess.Popen(
-        [str(CLIENT_PY), "clients/web.py", "--gallery", str(gallery), "--url", url, "--port", str(port), *extra],
+        [str(CLIENT_PY), "search_service/web.py", "--gallery", str(gallery), "--url", url, "--port", str(port), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -279,7 +279,7 @@ def test_searches_reach_the_model_server_together_and_the_page_answers_meanwhile
     it can batch them), and /api/info answers while they wait: the event loop is never blocked."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.clients.gate_proxy import gate_in_front_of
+    from tests.search_service.gate_proxy import gate_in_front_of
 
     image = held_out(cars, "003_BMW_X5_SUV_2011").read_bytes()
     with gate_in_front_of(server["url"], free_ports(1)[0]) as (gate, gated_url):

@@ -1,4 +1,4 @@
-"""Model upgrades (clients/reindex.py and POST /admin/switch): a running search service moves to a
+"""Model upgrades (search_service/reindex.py and POST /admin/switch): a running search service moves to a
 new model and a re-embedded gallery under load, with no failed search and no answer that mixes two
 model versions; writes made meanwhile are not lost. Two real TorchServes serve the old and new model."""
 
@@ -16,8 +16,8 @@ import requests
 
 from serve.torchserve import running_torchserve
 from tests.clients.test_end_to_end import CLIENT_PY
-from tests.clients.test_gallery_writes import AUTH, KEY, add, stop
-from tests.clients.test_web import cars, gallery, held_out, search, start_page  # noqa: F401 (fixtures)
+from tests.search_service.test_gallery_writes import AUTH, KEY, add, stop
+from tests.search_service.test_web import cars, gallery, held_out, search, start_page  # noqa: F401 (fixtures)
 from tests.conftest import ROOT, run_module
 from train.synthetic import generate
 
@@ -39,8 +39,8 @@ def new_model(tmp_path_factory):
 
 
 def reindex(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CLIENT_PY), "clients/reindex.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "CARS_WRITE_KEY": KEY})  # fmt: skip
+    return subprocess.run([str(CLIENT_PY), "search_service/reindex.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "CARS_WRITE_KEY": KEY})  # fmt: skip
 
 
 class Searcher(threading.Thread):

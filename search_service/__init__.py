@@ -1,0 +1,1 @@
+"""The search service for people and apps: the page and its API, writes, model upgrades (torch-free)."""
