@@ -2,6 +2,7 @@
 
     python -m serve.server start [--config serve/config.properties] [--port 8080]   # waits until ready
     python -m serve.server stop
+    python -m serve.server start --model-store model_store_v2 --port 8090 --state-dir .torchserve-v2  # a 2nd
 
 `start` refuses clearly when Java is missing, the archive is missing or a port is taken, then
 waits until `/ping` is healthy and a worker of the model is READY. The server runs from its own
@@ -32,8 +33,12 @@ DEFAULT_STATE_DIR = ".torchserve"
 SHIPPED_CONFIG = Path(__file__).with_name("config.properties")  # found from any working directory
 
 
-def start(config: Path, log_dir: Path, state_dir: Path, port: int | None = None) -> TorchServe:
+def start(
+    config: Path, log_dir: Path, state_dir: Path, port: int | None = None, model_store: Path | None = None
+) -> TorchServe:
     properties = read_properties(config)
+    if model_store is not None:  # a second server beside the first, e.g. a new model before a switch
+        properties = {**properties, "model_store": str(model_store)}
     addresses(properties)  # refused before anything is written or started: a malformed address,
     check_java()  # no Java,
     check_archive(properties)  # no archive
@@ -42,7 +47,7 @@ def start(config: Path, log_dir: Path, state_dir: Path, port: int | None = None)
     if stop_started_in(state_dir):
         print(f"stopped the server previously started from {state_dir}")
     ports = [port, port + 1, port + 2] if port is not None else []
-    server = TorchServe(write_config(config, state_dir, ports=ports), state_dir, log_dir)
+    server = TorchServe(write_config(config, state_dir, store=model_store, ports=ports), state_dir, log_dir)
     server.start()
     urls = server.urls
     print(f"TorchServe is ready: POST images to {server.url}")
@@ -68,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, help="inference port; management and metrics take the next two (default: the config's)"
     )
+    parser.add_argument(
+        "--model-store", help="serve the archive of this folder instead of the config's (make archive's --model-store)"
+    )
     parser.add_argument("--log-dir", default="logs", help="TorchServe's log directory (default: %(default)s)")
     parser.add_argument(
         "--state-dir",
@@ -80,7 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(get_args_parser(), argv)
     if args.action == "start":
-        start(Path(args.config), Path(args.log_dir), Path(args.state_dir).resolve(), args.port)
+        model_store = Path(args.model_store) if args.model_store else None
+        start(Path(args.config), Path(args.log_dir), Path(args.state_dir).resolve(), args.port, model_store)
     else:
         stop(Path(args.state_dir).resolve())
 

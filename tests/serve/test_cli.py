@@ -34,6 +34,12 @@ def test_serve_without_an_archive(capsys, tmp_path):
     one_line_error(capsys, server.main, ["start", "--config", str(config)], "no model archive at")
 
 
+def test_a_second_server_looks_for_its_archive_in_its_own_model_store(capsys, tmp_path):
+    store = tmp_path / "model_store_v2"
+    argv = ["start", "--model-store", str(store), "--state-dir", str(tmp_path / "state")]
+    one_line_error(capsys, server.main, argv, f"no model archive at {store / 'cars.mar'}")
+
+
 def test_serve_without_java(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     one_line_error(capsys, server.main, ["start"], "TorchServe needs Java 17+")
