@@ -38,7 +38,7 @@ from clients.metadata import (
     updated_row,
 )  # fmt: skip
 from clients.grouping import check_group_field, grouped_search
-from clients.store import Hit, location_options, version_mismatch
+from clients.store import Hit, UnknownRow, check_examples, location_options, version_mismatch
 from core.files import write_json_atomic
 
 try:
@@ -255,6 +255,50 @@ class EdgeGallery:
         """The best row of each of the top_k groups, from this store's exact ranking."""
         return grouped_search(self.search, query, top_k, where, check_group_field(group_by), len(self))
 
+    def recommend(
+        self,
+        positive: list[str],
+        negative: list[str] = (),
+        vectors: np.ndarray | None = None,
+        top_k: int = 5,
+        where: tuple[Condition, ...] = (),
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        """Qdrant's recommendation (sum_scores) on the examples' stored vectors, the examples left out."""
+        check_examples(positive, list(negative), vectors)
+        stored = self._vectors([*positive, *negative])
+        extra = np.zeros((0, self.dim), np.float32) if vectors is None else np.asarray(vectors, np.float32)
+        positives = [stored[i] for i in positive] + [v.tolist() for v in extra.reshape(-1, self.dim)]
+        query = edge.Query.RecommendSumScores(
+            edge.RecommendQuery(positives=positives, negatives=[stored[i] for i in negative])
+        )
+        condition = to_filter(where, exclude=set(stored))
+
+        def ranked(_query, limit: int, _where) -> list[Hit]:
+            request = edge.QueryRequest(limit=int(limit), query=query, filter=condition, with_payload=True,
+                                        with_vector=False, params=self._params())  # fmt: skip
+            with _engine(f"cannot search {self.store}"):
+                return [_hit(point.payload, float(point.score)) for point in self.shard.query(request)]
+
+        if group_by:
+            return grouped_search(ranked, None, top_k, where, check_group_field(group_by), len(self))
+        return ranked(None, top_k, where) if top_k > 0 else []
+
+    def _vectors(self, row_ids: list[str]) -> dict[str, list[float]]:
+        """The stored vectors of these rows; UnknownRow names the first that is not there."""
+        if not row_ids:
+            return {}
+        with _engine(f"cannot read {self.store}"):
+            try:
+                records = self.shard.retrieve(list(dict.fromkeys(row_ids)), False, True)
+            except ValueError:  # not a UUID
+                records = []
+        found = {str(record.id): list(record.vector) for record in records}
+        missing = [row_id for row_id in row_ids if row_id not in found]
+        if missing:
+            raise UnknownRow(f"no gallery row with id {missing[0]!r}")
+        return found
+
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Overwrites one row's payload with `fields` applied, and flushes."""
         row = self.get(row_id)
@@ -326,11 +370,12 @@ def _hit(payload: dict[str, Any], score: float) -> Hit:
     return Hit(row["path"], row["label"], score, row.get("id", ""), row)
 
 
-def to_filter(where: tuple[Condition, ...]):
+def to_filter(where: tuple[Condition, ...], exclude: set[str] | None = None):
     """Conditions -> an Edge payload filter with `clients.metadata.matches`' semantics: a number
     condition is a range (`=` the range [v, v]; only int/float values fall in one), a text
-    condition an exact keyword match, `!=` a must_not (so a row without the field passes it)."""
-    if not where:
+    condition an exact keyword match, `!=` a must_not (so a row without the field passes it).
+    `exclude`: row ids that must not be results (the examples of a recommendation)."""
+    if not where and not exclude:
         return None
 
     def condition(clause):
@@ -339,4 +384,7 @@ def to_filter(where: tuple[Condition, ...]):
         return edge.FieldCondition(key=clause.field, match=edge.MatchValue(clause.match))
 
     must, must_not = payload_clauses(where)
-    return edge.Filter(must=[condition(c) for c in must] or None, must_not=[condition(c) for c in must_not] or None)
+    excluded = [edge.HasIdCondition(set(exclude))] if exclude else []
+    return edge.Filter(
+        must=[condition(c) for c in must] or None, must_not=[condition(c) for c in must_not] + excluded or None
+    )

@@ -26,7 +26,7 @@ from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
 from clients.metadata import Condition, row_metadata, updated_row
 from clients.grouping import check_group_field, grouped_search
-from clients.store import Hit, version_mismatch
+from clients.store import Hit, UnknownRow, check_examples, recommend_query, version_mismatch
 from core.files import write_file_atomic
 
 FORMAT = "cars-gallery/2"
@@ -46,6 +46,7 @@ class Gallery:
     _index: ProjectedIndex | None = field(default=None, init=False, repr=False, compare=False)
     _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
     _by_id: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
+    _positions: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.embeddings is None:
@@ -102,6 +103,43 @@ class Gallery:
         """The best row of each of the top_k groups, from this store's exact ranking."""
         return grouped_search(self.search, query, top_k, where, check_group_field(group_by), len(self))
 
+    def recommend(
+        self,
+        positive: list[str],
+        negative: list[str] = (),
+        vectors: np.ndarray | None = None,
+        top_k: int = 5,
+        where: tuple[Condition, ...] = (),
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        """Qdrant's sum_scores rule in numpy (`recommend_query`), the examples left out."""
+        check_examples(positive, list(negative), vectors)
+        rows = [self._row_index(row_id) for row_id in [*positive, *negative]]
+        pos, neg = self.embeddings[rows[: len(positive)]], self.embeddings[rows[len(positive) :]]
+        if vectors is not None and len(vectors):
+            pos = np.concatenate([pos, np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)])
+        query = recommend_query(pos, neg)
+        keep = self.mask(where)
+        keep[rows] = False
+
+        def ranked(_query: np.ndarray, limit: int, _where: tuple[Condition, ...]) -> list[Hit]:
+            candidates = np.flatnonzero(keep)
+            if len(candidates) == 0:
+                return []
+            indices, scores = exact_top_k(self.embeddings[candidates], query[None, :], limit)
+            return [self._hit(int(candidates[i]), float(score)) for i, score in zip(indices[0], scores[0], strict=True)]
+
+        if group_by:
+            return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
+        return ranked(query, top_k, where)
+
+    def _row_index(self, row_id: str) -> int:
+        if self._positions is None:  # built once per gallery version
+            self._positions = {row["id"]: i for i, row in enumerate(self.rows)}
+        if row_id not in self._positions:
+            raise UnknownRow(f"no gallery row with id {row_id!r}")
+        return self._positions[row_id]
+
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Sets or removes (None) metadata fields of one row; the file is rewritten atomically."""
         row = self.get(row_id)
@@ -126,7 +164,7 @@ class Gallery:
         return removed
 
     def _changed(self) -> None:
-        self._index, self._columns, self._by_id = None, {}, None
+        self._index, self._columns, self._by_id, self._positions = None, {}, None, None
         if self.path is not None:
             self.save(self.path)
 

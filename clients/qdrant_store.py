@@ -56,7 +56,7 @@ from clients.metadata import (
     updated_row,
 )  # fmt: skip
 from clients.grouping import check_group_field
-from clients.store import Hit, location_options, version_mismatch
+from clients.store import Hit, UnknownRow, check_examples, location_options, version_mismatch
 
 try:
     from pydantic import ValidationError
@@ -436,6 +436,40 @@ class QdrantGallery:
             search_params=models.SearchParams(hnsw_ef=HNSW_EF),
         )  # fmt: skip
         return [_hit(group.hits[0].payload, float(group.hits[0].score)) for group in found.groups if group.hits]
+
+    def recommend(
+        self,
+        positive: list[str],
+        negative: list[str] = (),
+        vectors: np.ndarray | None = None,
+        top_k: int = 5,
+        where: tuple[Condition, ...] = (),
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        """Qdrant's own recommendation (sum_scores): the server looks the example ids up and leaves
+        them out of the results."""
+        check_examples(positive, list(negative), vectors)
+        missing = [row_id for row_id in dict.fromkeys([*positive, *negative]) if self.get(row_id) is None]
+        if missing:
+            raise UnknownRow(f"no gallery row with id {missing[0]!r}")
+        extra = [] if vectors is None else np.asarray(vectors, np.float32).reshape(-1, self.dim).tolist()
+        query = models.RecommendQuery(
+            recommend=models.RecommendInput(
+                positive=[*positive, *extra],
+                negative=list(negative) or None,
+                strategy=models.RecommendStrategy.SUM_SCORES,
+            )
+        )
+        if top_k <= 0:
+            return []
+        common = {"query": query, "limit": int(top_k), "query_filter": to_filter(where), "with_payload": True,
+                  "search_params": models.SearchParams(hnsw_ef=HNSW_EF)}  # fmt: skip
+        if group_by:
+            found = self._call(f"cannot search {self.store}", self.client.query_points_groups, self.collection,
+                               group_by=check_group_field(group_by), group_size=1, **common)  # fmt: skip
+            return [_hit(group.hits[0].payload, float(group.hits[0].score)) for group in found.groups if group.hits]
+        found = self._call(f"cannot search {self.store}", self.client.query_points, self.collection, **common)
+        return [_hit(point.payload, float(point.score)) for point in found.points]
 
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Overwrites one row's payload with `fields` applied (wait=True: durable on return)."""

@@ -64,6 +64,19 @@ class GalleryStore(Protocol):
     def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
         """The best row of each of the top_k groups of `group_by` (clients/grouping.py), best first."""
 
+    def recommend(
+        self,
+        positive: list[str],
+        negative: list[str] = (),
+        vectors: np.ndarray | None = None,
+        top_k: int = 5,
+        where: tuple[Condition, ...] = (),
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        """More like these rows (`positive` ids, plus `vectors`, e.g. an uploaded photo's) and
+        unlike those (`negative` ids): Qdrant's sum_scores rule (`recommend_query`); the example
+        rows are never results. UnknownRow for an id that is not in the gallery."""
+
     def get(self, row_id: str) -> dict[str, Any] | None:
         """The metadata of one row by its id (path, label, ...), or None."""
 
@@ -80,6 +93,32 @@ class GalleryStore(Protocol):
 
     def close(self) -> None:
         """Releases what the store holds (an Edge shard's lock, a server connection)."""
+
+
+class UnknownRow(ClientError):
+    """An id that names no row of the gallery (HTTP 404 for an app)."""
+
+
+def recommend_query(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """The one vector that ranks rows as Qdrant's `sum_scores` recommendation does: a row's score
+    is the sum of its cosine similarities to the positive examples minus the sum of those to the
+    negative ones, i.e. its dot product with (sum of positives - sum of negatives), rows and
+    examples being unit length."""
+    dim = positives.shape[-1] if len(positives) else negatives.shape[-1]
+    total = np.zeros(dim, dtype=np.float32)
+    if len(positives):
+        total += np.asarray(positives, dtype=np.float32).reshape(-1, dim).sum(0)
+    if len(negatives):
+        total -= np.asarray(negatives, dtype=np.float32).reshape(-1, dim).sum(0)
+    return total
+
+
+def check_examples(positive: list[str], negative: list[str], vectors: np.ndarray | None) -> None:
+    if not positive and (vectors is None or len(vectors) == 0):
+        raise ClientError("more like this needs at least one positive example: a row id or a photo")
+    both = set(positive) & set(negative)
+    if both:
+        raise ClientError(f"row {sorted(both)[0]!r} is both a positive and a negative example")
 
 
 class VersionMismatch(ClientError):

@@ -282,6 +282,40 @@ def check_grouped_search_gives_the_best_photo_of_each_group(tmp: Path) -> None:
     store.close()
 
 
+RECOMMENDATIONS = [  # (positive rows, negative rows, photo rows used as uploaded vectors)
+    ([3], [], []),
+    ([3, 7], [11], []),
+    ([], [11], [20]),
+    ([3], [], [5]),
+    ([0, 1, 2], [4, 5], []),
+]
+
+
+def check_recommendations_are_qdrants_sum_scores_and_match_the_file_store(tmp: Path) -> None:
+    vectors, paths, labels, extra, reference = listing_rows()
+    store = open_store(f"qdrant://{tmp / 'recommend'}", create=("v1", 32))
+    store.add(vectors, paths, labels, extra)
+    ids = [row["id"] for row in reference.rows]
+    for positive, negative, photos in RECOMMENDATIONS:
+        pos, neg = [ids[i] for i in positive], [ids[i] for i in negative]
+        photo = vectors[photos] if photos else None
+        for where, group_by, k in (((), None, 10), ((parse_where("make=Audi"),), None, 5), ((), "listing", 6)):
+            got = store.recommend(pos, neg, photo, k, where, group_by)
+            want = reference.recommend(pos, neg, photo, k, where, group_by)
+            assert [(h.id, round(h.score, 4)) for h in got] == [(h.id, round(h.score, 4)) for h in want]
+            assert not {h.id for h in got} & set(pos + neg) and len(got) == k  # examples are never results
+        # the rule: a row's score is its summed similarity to the positives minus that to the negatives
+        best = want[0] if not group_by else reference.recommend(pos, neg, photo, 1)[0]
+        row = vectors[ids.index(best.id)]
+        expected = sum(row @ vectors[i] for i in positive + photos) - sum(row @ vectors[i] for i in negative)
+        assert abs(best.score - expected) < 1e-4
+    for target in (store, reference):
+        one_line_error(lambda t=target: t.recommend([str(uuid.uuid4())]), "no gallery row with id")
+        one_line_error(lambda t=target: t.recommend([], [ids[1]]), "at least one positive example")
+        one_line_error(lambda t=target: t.recommend([ids[1]], [ids[1]]), "both a positive and a negative")
+    store.close()
+
+
 def check_bad_locations_are_one_line_errors(tmp: Path) -> None:
     os.chdir(tmp)
     one_line_error(lambda: open_store("qdrant://", create=("v1", 4)), "names no directory")

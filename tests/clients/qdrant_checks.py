@@ -188,6 +188,25 @@ def check_grouping_is_qdrants_own_and_matches_the_file_store(tmp: Path) -> None:
         assert_contract(standin)
 
 
+def check_recommend_is_qdrants_own_query_and_matches_the_file_store(tmp: Path) -> None:
+    vectors, paths, labels, extra, gallery = edge_checks.listing_rows()
+    ids = [row["id"] for row in gallery.rows]
+    with StandIn() as standin:
+        store = open_store(standin.location("cars"), create=("v1", DIM))
+        store.add(vectors, paths, labels, extra)
+        for positive, negative, photos in edge_checks.RECOMMENDATIONS:
+            pos, neg = [ids[i] for i in positive], [ids[i] for i in negative]
+            photo = vectors[photos] if photos else None
+            for group_by in (None, "listing"):
+                got = [h.id for h in store.recommend(pos, neg, photo, 6, (), group_by)]
+                assert got == [h.id for h in gallery.recommend(pos, neg, photo, 6, (), group_by)], group_by
+        sent = standin.calls("POST", "/collections/cars/points/query")[-1].body["query"]["recommend"]
+        assert sent["strategy"] == "sum_scores" and sent["positive"] == [ids[0], ids[1], ids[2]]
+        assert sent["negative"] == [ids[4], ids[5]]  # ids: the server looks them up and leaves them out
+        one_line_error(lambda: store.recommend([row_id("/nowhere.jpg")]), "no gallery row with id")
+        assert_contract(standin)
+
+
 def check_transient_errors_are_retried_then_one_line(tmp: Path) -> None:
     _, vectors = reference(10)
     with StandIn() as standin, fast_backoff():

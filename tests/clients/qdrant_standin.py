@@ -165,14 +165,13 @@ class StandIn:
             return {"points": [self._record(i, points[i], body) for i in page],
                     "next_page_offset": rest_ids[0] if rest_ids else None}  # fmt: skip
         if (method, rest) == ("POST", "/points/query"):
-            query = body["query"]["nearest"] if isinstance(body["query"], dict) else body["query"]
-            query = np.asarray(query, dtype=np.float32)
-            scored = sorted(((float(v @ query), i) for i, (v, _) in points.items()), reverse=True)
+            query, examples = self._query_vector(body["query"], points)
+            scored = sorted(((float(v @ query), i) for i, (v, _) in points.items() if i not in examples), reverse=True)
             found = scored[: body.get("limit") or 10]
             return {"points": [{**self._record(i, points[i], body), "score": s, "version": 0} for s, i in found]}
         if (method, rest) == ("POST", "/points/query/groups"):  # Qdrant's grouping, filter not applied
-            query = np.asarray(body["query"]["nearest"] if isinstance(body["query"], dict) else body["query"])
-            scored = sorted(((float(v @ query.astype(np.float32)), i) for i, (v, _) in points.items()), reverse=True)
+            query, examples = self._query_vector(body["query"], points)
+            scored = sorted(((float(v @ query), i) for i, (v, _) in points.items() if i not in examples), reverse=True)
             groups: dict = {}
             for score, i in scored:
                 value = points[i][1].get(body["group_by"])
@@ -183,6 +182,24 @@ class StandIn:
                     hits.append({**self._record(i, points[i], body), "score": score, "version": 0})
             return {"groups": [{"id": value, "hits": hits} for value, hits in groups.items()]}
         return 404, {"status": {"error": f"stand-in: no route {method} /collections/{name}{rest}"}, "time": 0.0}
+
+    @staticmethod
+    def _query_vector(query: Any, points: dict) -> tuple[np.ndarray, set[str]]:
+        """A nearest query's vector, or a sum_scores recommendation's (sum of positives minus sum
+        of negatives, ids looked up), with the example ids Qdrant leaves out of the results."""
+        if not isinstance(query, dict):
+            return np.asarray(query, dtype=np.float32), set()
+        if "nearest" in query:
+            return np.asarray(query["nearest"], dtype=np.float32), set()
+        recommend = query["recommend"]
+        assert recommend.get("strategy") == "sum_scores", recommend
+
+        def vectors(examples):
+            return [points[str(e)][0] if isinstance(e, str) else np.asarray(e, np.float32) for e in examples or []]
+
+        total = sum(vectors(recommend.get("positive")), np.float32(0)) - sum(vectors(recommend.get("negative")), 0)
+        ids = {e for e in (recommend.get("positive") or []) + (recommend.get("negative") or []) if isinstance(e, str)}
+        return np.asarray(total, dtype=np.float32), ids
 
     @staticmethod
     def _record(point_id: str, point: tuple[np.ndarray, dict], body: dict) -> dict:
