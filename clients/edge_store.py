@@ -151,6 +151,14 @@ class EdgeGallery:
             shard = _create_shard(shard_path, int(manifest["dim"]), manifest.get("quantization", "none"))
         return cls(shard, store, root, manifest)
 
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        return self.manifest.get("calibration")
+
+    def set_calibration(self, calibration: dict[str, Any]) -> None:
+        self.manifest = {**self.manifest, "calibration": calibration}
+        write_json_atomic(self.root / MANIFEST, self.manifest)
+
     def close(self) -> None:
         """Releases the shard (its lock) now rather than when the process ends."""
         if self.shard is not None:

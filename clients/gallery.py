@@ -43,6 +43,7 @@ class Gallery:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     path: Path | None = None  # where `add` writes through; None: in memory until `save`
     rows: list[dict[str, Any]] = field(default_factory=list)  # per-row metadata (row_metadata)
+    calibration: dict[str, Any] | None = None  # clients/calibration.py
     _index: ProjectedIndex | None = field(default=None, init=False, repr=False, compare=False)
     _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
     _by_id: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
@@ -163,6 +164,11 @@ class Gallery:
             self._changed()
         return removed
 
+    def set_calibration(self, calibration: dict[str, Any]) -> None:
+        self.calibration = calibration
+        if self.path is not None:
+            self.save(self.path)
+
     def _changed(self) -> None:
         self._index, self._columns, self._by_id, self._positions = None, {}, None, None
         if self.path is not None:
@@ -236,6 +242,8 @@ class Gallery:
     def save(self, path: str | Path) -> None:
         """Replaces the file at `path` atomically: readers see the old or the new gallery."""
         metadata = {"format": FORMAT, "model_version": self.model_version, "dim": self.dim, "created": self.created}
+        if self.calibration is not None:
+            metadata["calibration"] = self.calibration
         arrays = {
             "embeddings": self.embeddings,
             "paths": np.array(self.paths, dtype=str),
@@ -265,4 +273,5 @@ class Gallery:
             raise ClientError(f"{path} is inconsistent (shape {embeddings.shape}, {len(paths)} paths); rebuild it")
         if rows and (len(rows) != len(paths) or not all(isinstance(r, dict) for r in rows)):
             raise ClientError(f"{path} is inconsistent ({len(rows)} metadata rows, {len(paths)} paths); rebuild it")
-        return cls(version, dim, embeddings, paths, labels, created, path=path, rows=rows)
+        calibration = metadata.get("calibration") if isinstance(metadata.get("calibration"), dict) else None
+        return cls(version, dim, embeddings, paths, labels, created, path=path, rows=rows, calibration=calibration)

@@ -200,6 +200,7 @@ class QdrantGallery:
         self.collection = location.collection
         self.batch_size, self.retries = location.options["batch_size"], location.options["retries"]
         self.model_version, self.dim, self.quantization = "", 0, location.options["quantization"]
+        self.calibration: dict[str, Any] | None = None  # kept in the collection's metadata
         self.unindexed: list[str] = []  # payload fields without their index: made before the next upsert
 
     @classmethod
@@ -256,6 +257,8 @@ class QdrantGallery:
             # Made now: ours, whether or not the server kept its metadata; made meanwhile by another: look.
             version = create[0] if created else self._recognise(info)
         self.dim = int(info.config.params.vectors.size)
+        calibration = (info.config.metadata or {}).get("calibration")
+        self.calibration = calibration if isinstance(calibration, dict) else None
         self._check_settings(info)
         self.model_version = version or _requested_version(create)
         wanted = [*KEYWORD_FIELDS, *NUMBER_FIELDS]
@@ -359,6 +362,11 @@ class QdrantGallery:
         self._call(f"cannot update {self.store}", self.client.update_collection, self.collection,
                    metadata={"model_version": model_version})  # fmt: skip
         self.model_version = model_version
+
+    def set_calibration(self, calibration: dict[str, Any]) -> None:
+        self._call(f"cannot update {self.store}", self.client.update_collection, self.collection,
+                   metadata={"calibration": calibration})  # fmt: skip
+        self.calibration = calibration
 
     def _pages(self, what: str, limit: int, **request) -> Iterator[list]:
         offset = None

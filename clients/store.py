@@ -44,6 +44,10 @@ class Hit:
 class GalleryStore(Protocol):
     model_version: str
     dim: int
+    calibration: dict[str, Any] | None  # clients/calibration.py: the match levels of this gallery
+
+    def set_calibration(self, calibration: dict[str, Any]) -> None:
+        """Keeps a calibration with the gallery, durably."""
 
     def __len__(self) -> int: ...
 

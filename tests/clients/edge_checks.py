@@ -316,6 +316,36 @@ def check_recommendations_are_qdrants_sum_scores_and_match_the_file_store(tmp: P
     store.close()
 
 
+def clustered_rows(classes: int = 10, per_class: int = 12, dim: int = 32):
+    """Rows around one centre per car model, so that a row's neighbours are often of its model."""
+    rng = np.random.default_rng(3)
+    rows = np.repeat(rng.normal(size=(classes, dim)), per_class, axis=0) + 1.5 * rng.normal(
+        size=(classes * per_class, dim)
+    )
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    n = classes * per_class
+    return (
+        rows,
+        [f"/cal/{i}.jpg" for i in range(n)],
+        [f"{i // per_class:03d}_BMW_M{i // per_class}_Coupe_2012" for i in range(n)],
+    )
+
+
+def check_a_calibration_is_kept_with_the_gallery(tmp: Path) -> None:
+    from clients.calibration import calibrate_store, of_store
+
+    vectors, paths, labels = clustered_rows()
+    location = f"qdrant://{tmp / 'calibrated'}"
+    store = open_store(location, create=("v1", 32))
+    store.add(vectors, paths, labels)
+    assert store.calibration is None and of_store(store) is None
+    made = calibrate_store(store)
+    store.close()
+    reopened = open_store(location)
+    assert of_store(reopened) == made and made["model_version"] == "v1"
+    reopened.close()
+
+
 def check_bad_locations_are_one_line_errors(tmp: Path) -> None:
     os.chdir(tmp)
     one_line_error(lambda: open_store("qdrant://", create=("v1", 4)), "names no directory")

@@ -207,6 +207,21 @@ def check_recommend_is_qdrants_own_query_and_matches_the_file_store(tmp: Path) -
         assert_contract(standin)
 
 
+def check_a_calibration_is_kept_in_the_collection_metadata(tmp: Path) -> None:
+    from clients.calibration import calibrate_store, of_store
+
+    vectors, paths, labels = edge_checks.clustered_rows(dim=DIM)
+    with StandIn() as standin:
+        store = open_store(standin.location("cars"), create=("v1", DIM))
+        store.add(vectors, paths, labels)
+        made = calibrate_store(store)
+        assert standin.calls("PATCH", "/collections/cars")[-1].body["metadata"] == {"calibration": made}
+        store.close()
+        reopened = open_store(standin.location("cars"))
+        assert of_store(reopened) == made and reopened.model_version == "v1"  # the version is kept beside it
+        assert_contract(standin)
+
+
 def check_transient_errors_are_retried_then_one_line(tmp: Path) -> None:
     _, vectors = reference(10)
     with StandIn() as standin, fast_backoff():
