@@ -9,9 +9,14 @@ uploaded photo through the server and searches the store, filters included.
     GET  /                  the page (works offline: no external script, font or style)
     POST /search            multipart field `file` (or `image`), or the raw image as the body;
                             query `k` (1..100), `where` (repeatable, e.g. make=Audi, year>=2010),
-                            `group_by` (listing, model...: the best photo of each of k groups)
-                            -> {"model_version", "results": [{"rank", "score", "label", "id",
-                            "image_url", "make", "model", "year", ...}]} (+ "compare" with --compare)
+                            `group_by` (listing, model...: the best photo of each of k groups),
+                            `positive` / `negative` (repeatable row ids: more like / not like
+                            these; with them the photo is optional), `crop=x,y,w,h` (a region of
+                            the photo), `min_score`, `min_level` (likely, similar: calibrated)
+                            -> {"model_version", "calibrated", "results": [{"rank", "score",
+                            "match", "label", "id", "image_url", "make", "model", "year", ...}]}
+                            (+ "compare" with --compare)
+    GET  /similar/{id}      more like this gallery car (k, where, group_by, negative, min_*)
     GET  /images/{id}       a gallery image, by the id of its row only, resized (?size=, cached)
     GET  /api/info          gallery size, model version, the makes and years to filter by
     GET  /docs, /openapi.json   the API description (FastAPI)
@@ -44,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import math
 import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -62,10 +68,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected, ServerUnavailable
 from clients.cli import add_api_key_argument
+from clients.calibration import LEVELS, level, level_rank, of_store
 from clients.grouping import GROUP_FIELDS
 from clients.metadata import Condition, parse_where
 from search_service.reindex import served_version, sync
-from clients.store import DEFAULT_GALLERY, GalleryStore, Hit, VersionMismatch, is_qdrant, open_store
+from clients.store import (
+    DEFAULT_GALLERY, GalleryStore, Hit, UnknownRow, VersionMismatch, is_qdrant, open_store,
+)  # fmt: skip
+from search_service.photos import CropError, crop_photo, parse_box
 from search_service.writes import (
     MAX_FIELDS, WriteError, check_app_id, check_write_key, existing_photo, image_extension, keep_photo,
     load_write_key, metadata_fields, row_of,
@@ -128,22 +138,41 @@ class Side:
         except ClientError as error:
             raise ApiError(str(error), 502) from None
 
-    def search(self, image: bytes, k: int, where: tuple[Condition, ...], group_by: str | None = None) -> dict[str, Any]:
+    def search(self, image: bytes | None, query: SearchQuery) -> dict[str, Any]:
         """Blocking: the embedding waits on TorchServe. Run it off the event loop (`create_app`).
-        With `group_by`, the best photo of each of k groups (e.g. listings)."""
-        backend = self.backend
-        embedding = self.embed(image, backend.client)
-        with self.store_lock:
+        The photo (its `crop` region) and the `positive` rows are what to find more of, the
+        `negative` rows what to avoid; then filters, grouping and the score floor."""
+        if image is not None and query.crop is not None:
             try:
-                backend.store.check_version(embedding.model_version, backend.client.url)
-            except VersionMismatch as error:
-                raise ApiError(str(error), 409) from None
-            if group_by:
-                hits = backend.store.search_groups(embedding.vector, k, where, group_by)
-            else:
-                hits = backend.store.search(embedding.vector, k, where)
-        results = [result(rank, hit) for rank, hit in enumerate(hits, 1)]
-        return {"model_version": embedding.model_version, "results": results}
+                image = crop_photo(image, query.crop)
+            except CropError as error:
+                raise ApiError(str(error), error.status) from None
+        backend = self.backend
+        embedding = self.embed(image, backend.client) if image is not None else None
+        with self.store_lock:
+            store = backend.store
+            if embedding is not None:
+                try:
+                    store.check_version(embedding.model_version, backend.client.url)
+                except VersionMismatch as error:
+                    raise ApiError(str(error), 409) from None
+            calibration = of_store(store)
+            floor = score_floor(query, calibration)
+            try:
+                if query.positive or query.negative:
+                    vectors = None if embedding is None else embedding.vector[None, :]
+                    hits = store.recommend(list(query.positive), list(query.negative), vectors, query.k, query.where,
+                                           query.group_by)  # fmt: skip
+                elif query.group_by:
+                    hits = store.search_groups(embedding.vector, query.k, query.where, query.group_by)
+                else:
+                    hits = store.search(embedding.vector, query.k, query.where)
+            except UnknownRow as error:
+                raise ApiError(str(error), 404) from None
+            except ClientError as error:
+                raise ApiError(str(error), 400) from None
+        results = [result(rank, hit, calibration) for rank, hit in enumerate(hits, 1) if hit.score >= floor]
+        return {"model_version": store.model_version, "calibrated": calibration is not None, "results": results}
 
     def add_row(self, photos: Path, app_id: str, image: bytes, label: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Embeds, then under the store lock: refuses a duplicate id or another model, keeps the
@@ -228,10 +257,39 @@ def public_row(row: dict[str, Any]) -> dict[str, Any]:
     return {**public, "image_url": f"/images/{row['id']}"}
 
 
-def result(rank: int, hit: Hit) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a search asks besides the photo (POST /search, GET /similar/{id})."""
+
+    k: int = 12
+    where: tuple[Condition, ...] = ()
+    group_by: str | None = None
+    positive: tuple[str, ...] = ()  # row ids: more like these
+    negative: tuple[str, ...] = ()  # row ids: unlike these
+    crop: tuple[int, int, int, int] | None = None  # the region of the photo to search with
+    min_score: float | None = None
+    min_level: str | None = None  # a calibrated level (clients/calibration.py)
+
+
+def score_floor(query: SearchQuery, calibration: dict[str, Any] | None) -> float:
+    """The lowest score a result may have: min_score, and the threshold of min_level."""
+    floor = -math.inf if query.min_score is None else query.min_score
+    if query.min_level is not None and query.min_level != LEVELS[-1]:
+        if calibration is None:
+            raise ApiError("this gallery has no calibration for its model: run clients/calibrate.py (or use min_score)",
+                           400)  # fmt: skip
+        bound = calibration["thresholds"].get(query.min_level)
+        floor = max(floor, math.inf if bound is None else bound)
+    return floor
+
+
+def result(rank: int, hit: Hit, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     public = {key: value for key, value in hit.metadata.items() if key != "path"}  # no server paths to the web
-    return {**public, "rank": rank, "score": round(hit.score, 4), "label": hit.label, "id": hit.id,
-            "image_url": f"/images/{hit.id}"}  # fmt: skip
+    answer = {**public, "rank": rank, "score": round(hit.score, 4), "label": hit.label, "id": hit.id,
+              "image_url": f"/images/{hit.id}"}  # fmt: skip
+    if calibration is not None:
+        answer["match"] = level(hit.score, calibration)
+    return answer
 
 
 class Thumbnails:
@@ -274,8 +332,9 @@ def filter_choices(store: GalleryStore) -> dict[str, Any]:
     return {"makes": makes, "years": years}
 
 
-async def read_upload(request: Request) -> bytes:
-    """The image of a request: multipart field `file`/`image`, else the raw body; capped before reading on."""
+async def read_upload(request: Request, required: bool = True) -> bytes | None:
+    """The image of a request: multipart field `file`/`image`, else the raw body; capped before
+    reading on. None when there is none and none is `required` (a search by example rows)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BYTES + 64 * 1024:
         raise ApiError(f"upload of {declared} bytes; the limit is {MAX_BYTES} bytes", 413)
@@ -283,6 +342,8 @@ async def read_upload(request: Request) -> bytes:
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=20)
         upload = form.get("file") or form.get("image")
+        if (upload is None or isinstance(upload, str)) and not required:
+            return None
         if upload is None or isinstance(upload, str):
             raise ApiError('no file in the form: send the image in a field named "file"', 400)
         data = await upload.read(MAX_BYTES + 1)
@@ -292,10 +353,12 @@ async def read_upload(request: Request) -> bytes:
             data += chunk
             if len(data) > MAX_BYTES:
                 break
-    if not data:
-        raise ApiError("empty upload: send a car photo", 400)
     if len(data) > MAX_BYTES:
         raise ApiError(f"upload over the limit of {MAX_BYTES} bytes", 413)
+    if not data and not required:
+        return None
+    if not data:
+        raise ApiError("empty upload: send a car photo", 400)
     return data
 
 
@@ -386,7 +449,36 @@ def create_app(
     def info() -> dict[str, Any]:
         """What the page shows before a search: gallery size, model version, filter choices."""
         return {"gallery": len(main.store), "model_version": main.store.model_version,
-                "compare": sides[1].name if len(sides) > 1 else None, **filter_choices(main.store)}  # fmt: skip
+                "compare": sides[1].name if len(sides) > 1 else None, "calibrated": of_store(main.store) is not None,
+                **filter_choices(main.store)}  # fmt: skip
+
+    def search_query(
+        k: int, where: list[str], group_by: str | None, positive: list[str], negative: list[str],
+        crop: str | None, min_score: float | None, min_level: str | None,
+    ) -> SearchQuery:  # fmt: skip
+        if group_by is not None and group_by not in GROUP_FIELDS:
+            raise ApiError(f"group_by must be one of {', '.join(GROUP_FIELDS)}, got {group_by!r}", 400)
+        try:
+            box = parse_box(crop) if crop is not None else None
+            wanted = LEVELS[level_rank(min_level)] if min_level is not None else None
+        except (CropError, ClientError) as error:
+            raise ApiError(str(error), 400) from None
+        both = sorted(set(positive) & set(negative))
+        if both:
+            raise ApiError(f"row {both[0]!r} is both a positive and a negative example", 400)
+        if min_score is not None and not math.isfinite(min_score):
+            raise ApiError("min_score must be a finite number", 400)
+        return SearchQuery(k, parse_filters(where), group_by, tuple(positive), tuple(negative), box, min_score, wanted)
+
+    async def answer_search(image: bytes | None, query: SearchQuery) -> dict[str, Any]:
+        searches = (off_loop(side, image, query) for side in sides)
+        answer, *others = await asyncio.gather(*searches)
+        if others:
+            answer["compare"] = {"name": sides[1].name, **others[0]}
+        echoed = {"where": [str(c) for c in query.where], "group_by": query.group_by, "positive": list(query.positive),
+                  "negative": list(query.negative), "crop": list(query.crop) if query.crop else None,
+                  "min_score": query.min_score, "min_level": query.min_level}  # fmt: skip
+        return {**answer, **{key: value for key, value in echoed.items() if value}}
 
     @app.post("/search")
     async def search(
@@ -396,22 +488,35 @@ def create_app(
         group_by: Annotated[
             str | None, Query(description=f"one result per group, k groups: {', '.join(GROUP_FIELDS)}")
         ] = None,
+        positive: Annotated[list[str], Query(description="row ids: more like these (repeatable)")] = [],  # noqa: B006
+        negative: Annotated[list[str], Query(description="row ids: not like these (repeatable)")] = [],  # noqa: B006
+        crop: Annotated[str | None, Query(description="x,y,w,h: search with this region of the photo")] = None,
+        min_score: Annotated[float | None, Query(description="leave out results scoring lower")] = None,
+        min_level: Annotated[str | None, Query(description="likely, similar or different (calibrated)")] = None,
     ) -> dict[str, Any]:
-        """Embeds the uploaded image and returns the k most similar gallery cars passing the filters
-        (with group_by: the best photo of each of the k most similar listings, or car models)."""
-        conditions = parse_filters(where)
-        if group_by is not None and group_by not in GROUP_FIELDS:
-            raise ApiError(f"group_by must be one of {', '.join(GROUP_FIELDS)}, got {group_by!r}", 400)
-        image = await read_upload(request)
-        searches = (off_loop(side, image, k, conditions, group_by) for side in sides)
-        answer, *others = await asyncio.gather(*searches)
-        if others:
-            answer["compare"] = {"name": sides[1].name, **others[0]}
-        if conditions:
-            answer["where"] = [str(c) for c in conditions]
-        if group_by:
-            answer["group_by"] = group_by
-        return answer
+        """The k gallery cars most like the uploaded photo (or its `crop` region) and the
+        `positive` rows, unlike the `negative` ones, passing the filters; with group_by, the best
+        photo of each of the k most similar listings (or car models). The photo is optional when
+        `positive` names a row."""
+        query = search_query(k, where, group_by, positive, negative, crop, min_score, min_level)
+        image = await read_upload(request, required=not positive)
+        if image is None and crop is not None:
+            raise ApiError("crop needs a photo to cut the region from", 400)
+        return await answer_search(image, query)
+
+    @app.get("/similar/{row_id}")
+    async def similar(
+        row_id: str,
+        k: Annotated[int, Query(ge=1, le=MAX_K, description="number of results")] = 12,
+        where: Annotated[list[str], Query(description="filters: make=Audi, year>=2010 (all must hold)")] = [],  # noqa: B006
+        group_by: Annotated[str | None, Query(description="one result per group")] = None,
+        negative: Annotated[list[str], Query(description="row ids: not like these (repeatable)")] = [],  # noqa: B006
+        min_score: Annotated[float | None, Query()] = None,
+        min_level: Annotated[str | None, Query()] = None,
+    ) -> dict[str, Any]:
+        """More like this gallery car: the k rows most like row `row_id` (itself left out)."""
+        query = search_query(k, where, group_by, [row_id], negative, None, min_score, min_level)
+        return await answer_search(None, query)
 
     async def on_store(work, *args) -> dict[str, Any]:
         return await asyncio.get_running_loop().run_in_executor(executor, work, *args)

@@ -13,20 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.search_service.test_web import cars, gallery, held_out, search, start_page  # noqa: F401 (fixtures)
+from tests.search_service.helpers import held_out, search, start_page, stop
 
 pytestmark = pytest.mark.slow
 KEY = "test-write-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def stop(process) -> None:
-    process.terminate()
-    process.wait(timeout=30)
-
-
 @pytest.fixture()
-def writable(server, gallery, tmp_path) -> Iterator[tuple[str, Path]]:  # noqa: F811
+def writable(server, gallery, tmp_path) -> Iterator[tuple[str, Path]]:
     """A page over a copy of the gallery that takes writes with KEY; its photo folder."""
     store = tmp_path / "gallery.npz"
     shutil.copy2(gallery, store)
@@ -44,7 +39,7 @@ def add(base: str, image: bytes, headers: dict | None = None, **fields) -> reque
                          timeout=60)  # fmt: skip
 
 
-def test_an_app_adds_updates_and_deletes_a_listing_photo(writable, cars):  # noqa: F811
+def test_an_app_adds_updates_and_deletes_a_listing_photo(writable, cars):
     base, photos = writable
     image = held_out(cars, "003_BMW_X5_SUV_2011").read_bytes()
     created = add(base, image, id="photo-1", listing="L-7", make="BMW", year="2011", price="18500")
@@ -67,7 +62,7 @@ def test_an_app_adds_updates_and_deletes_a_listing_photo(writable, cars):  # noq
     assert requests.get(f"{base}/api/info", timeout=30).json()["gallery"] == 30 and list(photos.iterdir()) == []
 
 
-def test_a_listing_with_several_photos_comes_back_once_with_group_by(writable, cars):  # noqa: F811
+def test_a_listing_with_several_photos_comes_back_once_with_group_by(writable, cars):
     base, _ = writable
     photos = sorted((cars / "gallery" / "003_BMW_X5_SUV_2011").iterdir())[:3]
     for i, photo in enumerate(photos):
@@ -106,7 +101,7 @@ def test_a_listing_with_several_photos_comes_back_once_with_group_by(writable, c
         ("get", "/gallery/nobody", {}, 404, "no gallery row"),
     ],
 )  # fmt: skip
-def test_bad_writes_get_a_4xx_json_error_and_change_nothing(writable, cars, method, path, kwargs, status, message):  # noqa: F811
+def test_bad_writes_get_a_4xx_json_error_and_change_nothing(writable, cars, method, path, kwargs, status, message):
     base, photos = writable
     image = held_out(cars, "001_Audi_A4_Sedan_2008").read_bytes()
     assert add(base, image, id="photo-0", price="1000").status_code == 201
@@ -120,7 +115,7 @@ def test_bad_writes_get_a_4xx_json_error_and_change_nothing(writable, cars, meth
     assert requests.get(f"{base}/gallery/photo-0", timeout=30).json() == before and len(list(photos.iterdir())) == 1
 
 
-def test_writes_are_refused_when_no_key_is_configured(server, gallery, cars, tmp_path):  # noqa: F811
+def test_writes_are_refused_when_no_key_is_configured(server, gallery, cars, tmp_path):
     store = tmp_path / "gallery.npz"
     shutil.copy2(gallery, store)
     process, base = start_page(store, server["url"], "--photos", str(tmp_path / "photos"))
@@ -135,7 +130,7 @@ def test_writes_are_refused_when_no_key_is_configured(server, gallery, cars, tmp
 
 
 @pytest.mark.parametrize("kind", ["file", "edge"])
-def test_a_killed_service_loses_no_acknowledged_write(server, cars, tmp_path, kind):  # noqa: F811
+def test_a_killed_service_loses_no_acknowledged_write(server, cars, tmp_path, kind):
     """Writers add photos until the service is killed (SIGKILL) mid-stream; after a restart every
     acknowledged id is there, and the gallery opens and answers."""
     store = str(tmp_path / "gallery.npz") if kind == "file" else f"qdrant://{tmp_path / 'edge'}"
@@ -184,7 +179,7 @@ def test_a_killed_service_loses_no_acknowledged_write(server, cars, tmp_path, ki
         stop(process)
 
 
-def test_the_listings_cli_does_the_same_writes(writable, cars, tmp_path):  # noqa: F811
+def test_the_listings_cli_does_the_same_writes(writable, cars, tmp_path):
     import json
     import os
     import subprocess

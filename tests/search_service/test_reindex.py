@@ -16,8 +16,8 @@ import requests
 
 from serve.torchserve import running_torchserve
 from tests.clients.test_end_to_end import CLIENT_PY
-from tests.search_service.test_gallery_writes import AUTH, KEY, add, stop
-from tests.search_service.test_web import cars, gallery, held_out, search, start_page  # noqa: F401 (fixtures)
+from tests.search_service.test_gallery_writes import AUTH, KEY, add
+from tests.search_service.helpers import held_out, search, start_page, stop
 from tests.conftest import ROOT, run_module
 from train.synthetic import generate
 
@@ -58,7 +58,7 @@ class Searcher(threading.Thread):
             self.seen.append((started, time.monotonic(), response.status_code, version))
 
 
-def test_a_running_service_moves_to_a_new_model_under_load(server, new_model, gallery, cars, tmp_path):  # noqa: F811
+def test_a_running_service_moves_to_a_new_model_under_load(server, new_model, gallery, cars, tmp_path):
     old_store, new_store, photos = tmp_path / "v1.npz", tmp_path / "v2.npz", tmp_path / "photos"
     shutil.copy2(gallery, old_store)
     process, base = start_page(old_store, server["url"], "--photos", str(photos), env={"CARS_WRITE_KEY": KEY})
@@ -110,7 +110,7 @@ def test_a_running_service_moves_to_a_new_model_under_load(server, new_model, ga
         stop(process)
 
 
-def test_reindex_resumes_and_refuses_what_makes_no_sense(server, new_model, gallery, tmp_path):  # noqa: F811
+def test_reindex_resumes_and_refuses_what_makes_no_sense(server, new_model, gallery, tmp_path):
     target = tmp_path / "v2.npz"
     first = reindex("--from", str(gallery), "--to", str(target), "--url", new_model["url"], "--json")
     assert first.returncode == 0 and json.loads(first.stdout)["added"] == 30, first.stderr
@@ -125,7 +125,7 @@ def test_reindex_resumes_and_refuses_what_makes_no_sense(server, new_model, gall
         assert failed.returncode != 0 and message in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
 
 
-def test_bad_switches_are_refused_and_change_nothing(server, new_model, gallery, tmp_path):  # noqa: F811
+def test_bad_switches_are_refused_and_change_nothing(server, new_model, gallery, tmp_path):
     store = tmp_path / "v1.npz"
     shutil.copy2(gallery, store)
     process, base = start_page(store, server["url"], env={"CARS_WRITE_KEY": KEY})

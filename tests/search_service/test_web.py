@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,59 +13,11 @@ import requests
 
 from clients.gallery import Gallery
 from serve.torchserve import free_ports
-from tests.clients.test_end_to_end import CLIENT_PY, build
-from tests.conftest import ROOT
-from train.synthetic import generate
+from tests.clients.test_end_to_end import build
+from tests.search_service.helpers import LABELS, held_out, search, start_page
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Stanford Cars style labels, so that make / year filters have something to filter.
-LABELS = ("001_Audi_A4_Sedan_2008", "002_Audi_TT_Coupe_2012", "003_BMW_X5_SUV_2011", "004_BMW_M3_Coupe_2012",
-          "005_Dodge_Ram_Pickup_2009", "006_Aston_Martin_V8_Vantage_Coupe_2012")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cars(tmp_path_factory) -> Path:
-    """Six "models" (synthetic colour x shape classes renamed as car labels), 6 images each; the
-    last image of each is held out of the gallery, for queries."""
-    source = generate(tmp_path_factory.mktemp("web-src") / "images", colours=3, shapes=2, per_class=6, size=48)
-    root = tmp_path_factory.mktemp("web-cars")
-    classes = sorted(p for p in source.iterdir() if p.is_dir())
-    for label, folder in zip(LABELS, classes, strict=True):
-        images = sorted(folder.iterdir())
-        shutil.copytree(folder, root / "gallery" / label, ignore=shutil.ignore_patterns(images[-1].name))
-        (root / "held-out" / label).mkdir(parents=True)
-        shutil.copy2(images[-1], root / "held-out" / label / images[-1].name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def gallery(server, cars, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("web-gallery") / "gallery.npz"
-    summary = build(server, cars / "gallery", str(store))
-    assert summary["total"] == 30
-    return store
-
-
-def start_page(gallery: Path | str, url: str, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_ports(1)[0]
-    environment = {key: value for key, value in os.environ.items() if key != "CARS_WRITE_KEY"} | (env or {})
-    process = subprocess.Popen(
-        [str(CLIENT_PY), "search_service/web.py", "--gallery", str(gallery), "--url", url, "--port", str(port), *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the page exited: {process.stdout.read()}")
-        try:
-            if requests.get(f"{base}/api/info", timeout=1).ok:
-                return process, base
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the page did not answer within 60 s")
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +28,6 @@ def page(server, gallery) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def held_out(cars: Path, label: str) -> Path:
-    return next((cars / "held-out" / label).iterdir())
-
-
-def search(base: str, image: bytes, **params) -> requests.Response:
-    return requests.post(f"{base}/search", params=params, files={"file": ("car.jpg", image, "image/jpeg")}, timeout=60)
 
 
 def test_api_answers_results_with_metadata_and_image_urls(page, cars):
@@ -312,3 +254,110 @@ def test_group_by_gives_the_best_photo_of_each_car_model(page, cars):
     assert [r["id"] for r in grouped["results"]] == list(best.values())
     refused = search(page, image, group_by="price")
     assert refused.status_code == 400 and "group_by must be one of" in refused.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def calibrated_page(server, gallery, tmp_path_factory) -> Iterator[str]:
+    """The page over a copy of the gallery with its match levels calibrated (clients/calibrate.py)."""
+    from tests.clients.test_end_to_end import client
+
+    store = tmp_path_factory.mktemp("calibrated") / "gallery.npz"
+    shutil.copy2(gallery, store)
+    calibrated = client("calibrate", "--gallery", str(store))
+    assert calibrated.returncode == 0, calibrated.stderr
+    process, base = start_page(store, server["url"])
+    try:
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def card_ids(tab) -> list[str]:
+    cards = tab.locator("#results .card")
+    return [cards.nth(i).get_attribute("data-id") for i in range(cards.count())]
+
+
+def test_a_person_searches_the_way_people_search_in_a_real_browser(browser, calibrated_page, cars, tmp_path):
+    """Search on paste, match levels, more like this, not like this, a shared URL, and a region
+    drawn with the mouse and with the keyboard: each checked against the API's own answer."""
+    import base64
+
+    from playwright.sync_api import expect
+
+    from tests.search_service.test_search_features import two_cars
+
+    base = calibrated_page
+    tab = browser.new_page(viewport={"width": 390, "height": 844})
+    tab.goto(base)
+    tab.wait_for_selector("text=match levels calibrated")
+    # Paste (Ctrl-V) of an image starts the search: no click.
+    photo = held_out(cars, "003_BMW_X5_SUV_2011").read_bytes()
+    tab.evaluate(
+        """(data) => { const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+           const file = new File([bytes], "car.jpg", { type: "image/jpeg" }); const clip = new DataTransfer();
+           clip.items.add(file); document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: clip })); }""",
+        base64.b64encode(photo).decode(),
+    )
+    expect(tab.locator("#status")).to_have_text("12 results")
+    api = search(base, photo, k=12).json()["results"]
+    assert card_ids(tab) == [r["id"] for r in api]
+    level = tab.locator("#results .card .level").first
+    assert level.inner_text().lower() == api[0]["match"]
+    assert f"score {api[0]['score']:.3f}" in level.get_attribute("title")  # the raw score in a tooltip
+    # "Not like this" leaves that car out and searches again.
+    dropped = card_ids(tab)[0]
+    tab.locator("#results .card").first.get_by_role("button", name="Not like this").click()
+    expect(tab.locator(f'#results .card[data-id="{dropped}"]')).to_have_count(0)
+    # "More like this" from a card: its URL holds the search, and opening that URL gives it again.
+    chosen = card_ids(tab)[1]
+    tab.locator("#results .card").nth(1).get_by_role("button", name="More like this").click()
+    expect(tab.locator("#results h2")).to_contain_text("More like the chosen car")
+    assert f"similar={chosen}" in tab.url
+    similar = requests.get(f"{base}/similar/{chosen}", params={"k": 12}, timeout=60).json()["results"]
+    expect(tab.locator("#results .card")).to_have_count(len(similar))
+    assert card_ids(tab) == [r["id"] for r in similar] and chosen not in card_ids(tab)
+    tab.select_option("#make", "Audi")  # a filter re-runs the search, and goes into the URL
+    expect(tab.locator("#status")).to_have_text("10 results")
+    assert set(tab.locator("#results .card .label").all_inner_texts()) <= {"Audi A4 Sedan 2008", "Audi TT Coupe 2012"}
+    shared = browser.new_page()
+    shared.goto(tab.url)
+    expect(shared.locator("#status")).to_have_text("10 results")
+    assert card_ids(shared) == card_ids(tab) and "make=Audi" in tab.url
+    shared.close()
+    # A region drawn with the mouse: the page sends it as crop=x,y,w,h and shows what the API finds for it.
+    both, left, _ = two_cars(cars)
+    (tmp_path / "two.png").write_bytes(both)
+    tab.select_option("#make", "")
+    tab.set_input_files("#file", str(tmp_path / "two.png"))
+    expect(tab.locator("#status")).to_have_text("12 results")
+    whole = card_ids(tab)
+    tab.locator("#photo").scroll_into_view_if_needed()
+    area = tab.locator("#photo").bounding_box()
+    with tab.expect_request(lambda r: "crop=" in r.url) as sent:
+        tab.mouse.move(area["x"] + 2, area["y"] + 2)
+        tab.mouse.down()
+        tab.mouse.move(area["x"] + area["width"] / 2 - 2, area["y"] + area["height"] - 2, steps=5)
+        tab.mouse.up()
+    crop = sent.value.url.split("crop=")[1].split("&")[0].replace("%2C", ",")
+    expect(tab.locator("#results")).to_have_attribute("aria-busy", "false")
+    expect(tab.locator("#results h2")).to_contain_text("Most similar to the region")
+    assert card_ids(tab) == ids_of(search(base, both, k=12, crop=crop)) != whole
+    # The same with the keyboard: arrows make and move a box, Enter searches it, Escape the whole photo.
+    tab.focus("#photo")
+    with tab.expect_request(lambda r: "crop=" in r.url) as sent:
+        tab.keyboard.press("ArrowRight")
+        tab.keyboard.press("Enter")
+    crop = sent.value.url.split("crop=")[1].split("&")[0].replace("%2C", ",")
+    expect(tab.locator("#results")).to_have_attribute("aria-busy", "false")  # that search is shown
+    assert card_ids(tab) == ids_of(search(base, both, k=12, crop=crop))
+    tab.keyboard.press("Escape")
+    expect(tab.locator("#results")).to_have_attribute("aria-busy", "false")
+    expect(tab.locator("#results h2")).to_contain_text("Most similar cars")
+    assert card_ids(tab) == whole
+    assert tab.evaluate("document.body.scrollWidth") <= 390  # still fits a phone
+
+
+def ids_of(answer: requests.Response) -> list[str]:
+    assert answer.status_code == 200, answer.text
+    return [r["id"] for r in answer.json()["results"]]
