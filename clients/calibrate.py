@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.gallery}: calibrated on {calibration['method']} ({calibration['labels']} car models)")
     for level, bound in calibration["thresholds"].items():
         shown = "never reached" if bound is None else f"score >= {bound:.4f}"
-        share = calibration["precision"][level]
-        print(f"  {level:<22} {shown}  ({share:.0%} of results that high were the same model)")
+        chance = calibration["chance"][level]
+        print(f"  {level:<22} {shown}  (a result scoring that is the same car model {chance:.0%} of the time or more)")
     return calibration
 
 

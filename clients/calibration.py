@@ -2,17 +2,18 @@
 
 A raw cosine score means little to a person (the whitened model scores correct and wrong cars
 alike between 0.18 and 0.30). So each labelled gallery row is used once as a query against the
-others (leave one out), and its k best results are marked same model (same label) or not. Over
-all those results, `precision(s)` is the share of same-model results among those scoring at
-least s. Two thresholds follow, stored with the gallery (`GalleryStore.calibration`):
+others (leave one out), and its k best results are marked same model (same label) or not. From
+those results, the chance that a result scoring s is the same car model, P(same | s), is fitted
+as a non-decreasing function of s (isotonic regression, pool-adjacent-violators), and two
+thresholds follow, stored with the gallery (`GalleryStore.calibration`):
 
-    likely the same model   score >= the lowest s with precision(s) >= 0.8
-    similar                 score >= the lowest s with precision(s) >= 0.3
-    different               below
+    likely the same model   P(same | score) >= 0.8
+    similar                 P(same | score) >= 0.3
+    different               below: fewer than 3 results in 10 scoring that low were the same model
 
-so "likely the same model" means: in this gallery, 8 of 10 results scoring that high were the same
-car model. It describes the gallery it was computed on; recompute it when the gallery or the
-model changes (a reindex keeps none: the scores of another model are other scores).
+It describes the gallery and model it was computed on: recompute it when either changes (a
+reindex calibrates its new gallery anew). How well it holds on car models it never saw:
+`bench/calibration.py`, docs/results.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from clients.api import ClientError
 from clients.search import exact_top_k
 
 LEVELS = ("likely the same model", "similar", "different")  # best first
-PRECISION = {"likely the same model": 0.8, "similar": 0.3}
+CHANCE = {"likely the same model": 0.8, "similar": 0.3}  # of being the same model, at a level's lowest score
 NEIGHBOURS = 20
 MIN_ROWS = 20
 MAX_QUERIES = 5000  # rows used as queries at most: a sample of a large gallery
@@ -49,14 +50,32 @@ def leave_one_out_results(
     return scores.ravel(), (names[neighbours] == names[rows][:, None]).ravel()
 
 
-def threshold(scores: np.ndarray, same: np.ndarray, precision: float) -> float | None:
-    """The lowest score at which the results scoring at least that much are `precision` same-model."""
-    order = np.argsort(-scores, kind="stable")
-    ranked = scores[order]
-    running = np.cumsum(same[order]) / np.arange(1, len(order) + 1)
-    last_of_ties = np.append(ranked[:-1] > ranked[1:], True)  # ">= s" takes every result tied at s
-    good = np.flatnonzero((running >= precision) & last_of_ties)
-    return float(ranked[good[-1]]) if len(good) else None
+def increasing_fit(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to `values` in weighted least squares (pool adjacent violators)."""
+    means, totals, sizes = [], [], []
+    for value, weight in zip(values.tolist(), weights.tolist(), strict=True):
+        means.append(value)
+        totals.append(weight)
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            total = totals[-2] + totals[-1]
+            means[-2:] = [(means[-2] * totals[-2] + means[-1] * totals[-1]) / total]
+            totals[-2:] = [total]
+            sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return np.repeat(means, sizes)
+
+
+def chance_of_same_model(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct score, ascending, and the fitted chance that a result scoring it is the same model."""
+    distinct, groups = np.unique(scores, return_inverse=True)
+    counts = np.bincount(groups)
+    return distinct, increasing_fit(np.bincount(groups, weights=same) / counts, counts)
+
+
+def threshold(distinct: np.ndarray, chance: np.ndarray, wanted: float) -> float | None:
+    """The lowest score whose fitted chance of being the same model reaches `wanted` (None: none does)."""
+    reached = np.flatnonzero(chance >= wanted)
+    return float(distinct[reached[0]]) if len(reached) else None
 
 
 def calibrate(vectors: np.ndarray, labels: list[str], model_version: str, k: int = NEIGHBOURS) -> dict[str, Any]:
@@ -66,13 +85,12 @@ def calibrate(vectors: np.ndarray, labels: list[str], model_version: str, k: int
     scores, same = leave_one_out_results(vectors, labels, k)
     if not same.any():
         raise ClientError("no row's neighbours include a row of the same label: nothing to calibrate on")
-    thresholds = {level: threshold(scores, same, p) for level, p in PRECISION.items()}
-    if thresholds["similar"] is not None and thresholds["likely the same model"] is not None:
-        thresholds["similar"] = min(thresholds["similar"], thresholds["likely the same model"])
+    distinct, chance = chance_of_same_model(scores, same)
+    thresholds = {level: threshold(distinct, chance, p) for level, p in CHANCE.items()}
     return {
         "model_version": model_version,
         "method": f"leave-one-out top-{k} results of {min(len(vectors), MAX_QUERIES)} of {len(vectors)} labelled rows",
-        "precision": PRECISION, "thresholds": thresholds, "rows": len(vectors), "labels": len(set(labels)),
+        "chance": CHANCE, "thresholds": thresholds, "rows": len(vectors), "labels": len(set(labels)),
         "same_model_share": round(float(same.mean()), 4),
     }  # fmt: skip
 

@@ -8,7 +8,8 @@
 2. This re-embeds the photo of every row of --from through --url into --to (a new file or
    collection, created with the new model's version), with its label and metadata, in durable
    checkpoints: killed, it resumes where it stopped; run again, it adds only what --from gained,
-   drops what --from lost and copies changed metadata.
+   drops what --from lost and copies changed metadata. A calibrated gallery's copy is calibrated
+   anew (clients/calibration.py): the new model's scores are other scores.
 3. `--switch URL_OF_THE_SEARCH_SERVICE` then asks the running service (`POST /admin/switch`, with
    the write key from CARS_WRITE_KEY) to catch up on the writes made since (the same sync, under
    its store lock) and to move to the new gallery and model in one step: each search uses one
@@ -32,6 +33,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
+from clients.calibration import calibrate_store, of_store
 from clients.api import DEFAULT_URL, ClientError, Embedding, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
 from clients.metadata import row_extra, row_id
@@ -123,6 +125,8 @@ def reindex(source: str, destination: str, client: EmbeddingClient, concurrency:
         try:
             dst.check_version(version, client.url)
             summary = sync(src, dst, client, concurrency, progress)
+            if of_store(src) is not None:  # the new model's scores are other scores: calibrate anew
+                summary["calibrated"] = calibrate_store(dst)["thresholds"]
         finally:
             dst.close()
     finally:

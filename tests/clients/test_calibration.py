@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from clients.api import ClientError
-from clients.calibration import LEVELS, calibrate, calibrate_store, leave_one_out_results, level, level_rank, of_store
+from clients.calibration import (
+    LEVELS, calibrate, calibrate_store, increasing_fit, leave_one_out_results, level, level_rank, of_store,
+)  # fmt: skip
 from clients.gallery import Gallery
 
 
@@ -64,3 +66,9 @@ def test_the_calibration_is_kept_in_the_file_and_dropped_for_another_model(tmp_p
     assert of_store(reloaded) == made
     reloaded.model_version = "v2"  # rows of another model: its scores are other scores
     assert of_store(reloaded) is None
+
+
+def test_the_chance_of_the_same_model_never_falls_as_the_score_rises():
+    fitted = increasing_fit(np.array([0.1, 0.5, 0.3, 0.9, 0.2]), np.array([1, 1, 1, 1, 3]))
+    assert np.allclose(fitted, [0.1] + [(0.5 + 0.3 + 0.9 + 3 * 0.2) / 6] * 4)  # pooled until non-decreasing
+    assert np.allclose(increasing_fit(np.array([1.0, 3.0, 2.0, 4.0]), np.ones(4)), [1, 2.5, 2.5, 4])
