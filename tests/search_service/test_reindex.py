@@ -116,6 +116,18 @@ def test_reindex_resumes_and_refuses_what_makes_no_sense(server, new_model, gall
     assert first.returncode == 0 and json.loads(first.stdout)["added"] == 30, first.stderr
     again = reindex("--from", str(gallery), "--to", str(target), "--url", new_model["url"], "--json")
     assert json.loads(again.stdout)["added"] == 0  # resumable: only what is missing is embedded
+    assert "calibrated" not in json.loads(again.stdout)
+    # A calibrated gallery's copy is calibrated anew, for the new model's scores.
+    from clients.gallery import Gallery
+    from tests.clients.test_end_to_end import client
+
+    calibrated = tmp_path / "calibrated.npz"
+    shutil.copy2(gallery, calibrated)
+    assert client("calibrate", "--gallery", str(calibrated)).returncode == 0
+    copy = reindex("--from", str(calibrated), "--to", str(tmp_path / "v2c.npz"), "--url", new_model["url"], "--json")
+    assert set(json.loads(copy.stdout)["calibrated"]) == {"likely the same model", "similar"}
+    renewed, old = Gallery.load(tmp_path / "v2c.npz").calibration, Gallery.load(calibrated).calibration
+    assert renewed["model_version"] == json.loads(copy.stdout)["model_version"] != old["model_version"]
     for args, message in (
         (("--to", str(tmp_path / "x.npz"), "--url", server["url"]), "the one"),  # the same model
         (("--to", str(gallery), "--url", new_model["url"]), "same gallery"),
