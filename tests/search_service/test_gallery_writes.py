@@ -217,3 +217,26 @@ def test_the_listings_cli_does_the_same_writes(writable, cars, tmp_path):
         failed = listings(*args, key=key)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_writers_and_searchers_at_once_all_succeed_and_agree(writable, cars):
+    """Four writers (add, then change a field) and four searchers at the same time: every request
+    succeeds, and the gallery ends with exactly the rows and values written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, _ = writable
+    images = [p.read_bytes() for p in sorted((cars / "held-out").rglob("*.jpg"))]
+
+    def write(i: int) -> list[int]:
+        created = add(base, images[i % len(images)], id=f"c{i}", listing=f"L{i % 3}")
+        changed = requests.patch(f"{base}/gallery/c{i}", json={"price": i}, headers=AUTH, timeout=60)
+        return [created.status_code, changed.status_code]
+
+    def read(i: int) -> list[int]:
+        return [search(base, images[i % len(images)], k=5, group_by="listing").status_code]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sum(pool.map(lambda i: write(i) if i % 2 else read(i), range(24)), [])
+    assert statuses.count(201) == 12 and set(statuses) == {200, 201}
+    assert requests.get(f"{base}/api/info", timeout=30).json()["gallery"] == 30 + 12
+    assert all(requests.get(f"{base}/gallery/c{i}", timeout=30).json()["price"] == i for i in range(1, 24, 2))
