@@ -11,7 +11,7 @@ import pytest
 from core.dev_data import CARS_DEV, MOBILENET_WEIGHTS, ROOT, SHARED, have_shared
 from train.synthetic import generate
 
-__all__ = ["CARS_DEV", "MOBILENET_WEIGHTS", "ROOT", "needs_shared", "run_module"]
+__all__ = ["CARS_DEV", "MOBILENET_WEIGHTS", "ROOT", "needs_shared", "run_module", "train_tiny_run"]
 
 needs_shared = pytest.mark.skipif(
     not have_shared(),
@@ -43,17 +43,22 @@ def run_module(module: str, *args: str, timeout: float = 1800) -> subprocess.Com
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quickly trained run (random ResNet18, 32 px, 3 epochs): a real servable for serving tests."""
-    root = tmp_path_factory.mktemp("tiny")
+def train_tiny_run(root: Path, epochs: int = 3) -> Path:
+    """A quickly trained run (random ResNet18, 32 px) in root/run; another `epochs`, another model."""
     data = generate(root / "data", colours=3, shapes=2, per_class=8, size=48)
     result = run_module(
         "train.train", "--data", str(data), "--out", str(root / "run"), "--cache-dir", str(root / "cache"),
-        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "3", "--recipe", "seed",
+        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", str(epochs),
+        "--recipe", "seed",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real servable for serving tests (`train_tiny_run`, 3 epochs)."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

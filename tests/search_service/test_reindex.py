@@ -18,8 +18,7 @@ from serve.torchserve import running_torchserve
 from tests.clients.test_end_to_end import CLIENT_PY
 from tests.search_service.test_gallery_writes import AUTH, KEY, add
 from tests.search_service.helpers import held_out, search, start_page, stop
-from tests.conftest import ROOT, run_module
-from train.synthetic import generate
+from tests.conftest import ROOT, train_tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +27,8 @@ pytestmark = pytest.mark.slow
 def new_model(tmp_path_factory):
     """A second TorchServe, serving another model (the same recipe trained for one epoch less)."""
     root = tmp_path_factory.mktemp("new-model")
-    data = generate(root / "data", colours=3, shapes=2, per_class=8, size=48)
-    trained = run_module(
-        "train.train", "--data", str(data), "--out", str(root / "run"), "--cache-dir", str(root / "cache"),
-        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "2", "--recipe", "seed",
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    with running_torchserve(root / "run", root / "torchserve") as handle:
+    run = train_tiny_run(root, epochs=2)
+    with running_torchserve(run, root / "torchserve") as handle:
         yield handle
 
 
