@@ -38,7 +38,7 @@ from clients.metadata import (
     updated_row,
 )  # fmt: skip
 from clients.grouping import check_group_field, grouped_search
-from clients.store import Hit, UnknownRow, check_examples, location_options, version_mismatch
+from clients.store import Hit, UnknownRow, as_row_ids, check_examples, location_options, version_mismatch
 from core.files import write_json_atomic
 
 try:
@@ -294,14 +294,7 @@ class EdgeGallery:
 
     def _vectors(self, row_ids: list[str]) -> dict[str, list[float]]:
         """The stored vectors of these rows; UnknownRow names the first that is not there."""
-        if not row_ids:
-            return {}
-        with _engine(f"cannot read {self.store}"):
-            try:
-                records = self.shard.retrieve(list(dict.fromkeys(row_ids)), False, True)
-            except ValueError:  # not a UUID
-                records = []
-        found = {str(record.id): list(record.vector) for record in records}
+        found = {str(record.id): list(record.vector) for record in self._retrieve(row_ids, vectors=True)}
         missing = [row_id for row_id in row_ids if row_id not in found]
         if missing:
             raise UnknownRow(f"no gallery row with id {missing[0]!r}")
@@ -319,9 +312,17 @@ class EdgeGallery:
             self.shard.flush()
         return row
 
+    def _retrieve(self, row_ids: list[str], vectors: bool = False) -> list:
+        """The records of the rows among `row_ids` that exist, in one lookup (no payload)."""
+        valid = as_row_ids(row_ids)
+        if not valid:
+            return []
+        with _engine(f"cannot read {self.store}"):
+            return self.shard.retrieve(valid, False, vectors)
+
     def delete(self, row_ids: list[str]) -> int:
         """Deletes the rows that exist among `row_ids`, and flushes."""
-        existing = [row_id for row_id in dict.fromkeys(row_ids) if self.get(row_id) is not None]
+        existing = [str(record.id) for record in self._retrieve(row_ids)]
         if existing:
             with _engine(f"cannot delete from {self.store}"):
                 self.shard.update(edge.UpdateOperation.delete_points(existing))

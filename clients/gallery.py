@@ -143,11 +143,11 @@ class Gallery:
 
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Sets or removes (None) metadata fields of one row; the file is rewritten atomically."""
-        row = self.get(row_id)
-        if row is None:
+        try:
+            index = self._row_index(row_id)
+        except UnknownRow:
             return None
-        index = next(i for i, r in enumerate(self.rows) if r["id"] == row_id)
-        self.rows[index] = updated_row(row, fields)
+        self.rows[index] = updated_row(self.rows[index], fields)
         self._changed()
         return self.rows[index]
 

@@ -56,7 +56,7 @@ from clients.metadata import (
     updated_row,
 )  # fmt: skip
 from clients.grouping import check_group_field
-from clients.store import Hit, UnknownRow, check_examples, location_options, version_mismatch
+from clients.store import Hit, UnknownRow, as_row_ids, check_examples, location_options, version_mismatch
 
 try:
     from pydantic import ValidationError
@@ -437,13 +437,10 @@ class QdrantGallery:
         """Qdrant's own grouping: one hit (the best) per group, top_k groups."""
         if top_k <= 0:
             return []
-        found = self._call(
-            f"cannot search {self.store}", self.client.query_points_groups, self.collection,
-            group_by=check_group_field(group_by), query=np.asarray(query, np.float32).reshape(-1).tolist(),
-            limit=int(top_k), group_size=1, query_filter=to_filter(where), with_payload=True,
-            search_params=models.SearchParams(hnsw_ef=HNSW_EF),
+        return self._groups(
+            group_by, query=np.asarray(query, np.float32).reshape(-1).tolist(), limit=int(top_k),
+            query_filter=to_filter(where), with_payload=True, search_params=models.SearchParams(hnsw_ef=HNSW_EF),
         )  # fmt: skip
-        return [_hit(group.hits[0].payload, float(group.hits[0].score)) for group in found.groups if group.hits]
 
     def recommend(
         self,
@@ -457,7 +454,8 @@ class QdrantGallery:
         """Qdrant's own recommendation (sum_scores): the server looks the example ids up and leaves
         them out of the results."""
         check_examples(positive, list(negative), vectors)
-        missing = [row_id for row_id in dict.fromkeys([*positive, *negative]) if self.get(row_id) is None]
+        found = set(self._existing([*positive, *negative]))
+        missing = [row_id for row_id in [*positive, *negative] if row_id not in found]
         if missing:
             raise UnknownRow(f"no gallery row with id {missing[0]!r}")
         extra = [] if vectors is None else np.asarray(vectors, np.float32).reshape(-1, self.dim).tolist()
@@ -473,11 +471,24 @@ class QdrantGallery:
         common = {"query": query, "limit": int(top_k), "query_filter": to_filter(where), "with_payload": True,
                   "search_params": models.SearchParams(hnsw_ef=HNSW_EF)}  # fmt: skip
         if group_by:
-            found = self._call(f"cannot search {self.store}", self.client.query_points_groups, self.collection,
-                               group_by=check_group_field(group_by), group_size=1, **common)  # fmt: skip
-            return [_hit(group.hits[0].payload, float(group.hits[0].score)) for group in found.groups if group.hits]
+            return self._groups(group_by, **common)
         found = self._call(f"cannot search {self.store}", self.client.query_points, self.collection, **common)
         return [_hit(point.payload, float(point.score)) for point in found.points]
+
+    def _groups(self, group_by: str, **query) -> list[Hit]:
+        """Qdrant's grouping of `query`: the best hit of each group."""
+        found = self._call(f"cannot search {self.store}", self.client.query_points_groups, self.collection,
+                           group_by=check_group_field(group_by), group_size=1, **query)  # fmt: skip
+        return [_hit(group.hits[0].payload, float(group.hits[0].score)) for group in found.groups if group.hits]
+
+    def _existing(self, row_ids: list[str]) -> list[str]:
+        """The ids among `row_ids` that name rows, in one request."""
+        valid = as_row_ids(row_ids)
+        if not valid:
+            return []
+        points = self._call(f"cannot read {self.store}", self.client.retrieve, self.collection, ids=valid,
+                            with_payload=False)  # fmt: skip
+        return [str(point.id) for point in points]
 
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Overwrites one row's payload with `fields` applied (wait=True: durable on return)."""
@@ -492,7 +503,7 @@ class QdrantGallery:
 
     def delete(self, row_ids: list[str]) -> int:
         """Deletes the rows that exist among `row_ids` (wait=True: durable on return)."""
-        existing = [row_id for row_id in dict.fromkeys(row_ids) if self.get(row_id) is not None]
+        existing = self._existing(row_ids)
         if existing:
             self._call(f"cannot delete from {self.store}", self.client.delete, self.collection,
                        points_selector=models.PointIdsList(points=existing), wait=True)  # fmt: skip

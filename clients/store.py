@@ -17,6 +17,7 @@ Builders and queries use only what `GalleryStore` names.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,19 @@ def recommend_query(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     if len(negatives):
         total -= np.asarray(negatives, dtype=np.float32).reshape(-1, dim).sum(0)
     return total
+
+
+def as_row_ids(row_ids: Iterable[str]) -> list[str]:
+    """The ids among `row_ids` that can name a row (row ids are UUIDs), each once, in order: what a
+    Qdrant store may look up in one request (one malformed id would fail the whole request)."""
+    valid = []
+    for row_id in dict.fromkeys(row_ids):
+        try:
+            uuid.UUID(row_id)
+        except (ValueError, TypeError, AttributeError):
+            continue
+        valid.append(row_id)
+    return valid
 
 
 def check_examples(positive: list[str], negative: list[str], vectors: np.ndarray | None) -> None:

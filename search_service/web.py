@@ -71,6 +71,7 @@ from clients.cli import add_api_key_argument
 from clients.calibration import LEVELS, level, level_rank, of_store
 from clients.grouping import GROUP_FIELDS
 from clients.metadata import Condition, parse_where
+from clients.metadata import row_id as path_row_id  # (row_id names a parameter here)
 from search_service.reindex import served_version, sync
 from clients.store import (
     DEFAULT_GALLERY, GalleryStore, Hit, UnknownRow, VersionMismatch, is_qdrant, open_store,
@@ -237,7 +238,7 @@ class Side:
     def delete_row(self, photos: Path, app_id: str) -> dict[str, Any]:
         with self.store_lock:
             photo = existing_photo(photos, app_id)
-            if photo is None or self.store.delete([row_of(photos, app_id)]) == 0:
+            if photo is None or self.store.delete([path_row_id(str(photo))]) == 0:
                 raise ApiError(f"no gallery row with id {app_id!r}", 404)
             photo.unlink(missing_ok=True)  # after the row: a search never returns a row without its photo
         return {"id": app_id, "deleted": True}
@@ -284,9 +285,8 @@ def score_floor(query: SearchQuery, calibration: dict[str, Any] | None) -> float
 
 
 def result(rank: int, hit: Hit, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
-    public = {key: value for key, value in hit.metadata.items() if key != "path"}  # no server paths to the web
-    answer = {**public, "rank": rank, "score": round(hit.score, 4), "label": hit.label, "id": hit.id,
-              "image_url": f"/images/{hit.id}"}  # fmt: skip
+    answer = {**public_row({**hit.metadata, "id": hit.id}), "rank": rank, "score": round(hit.score, 4),
+              "label": hit.label}  # fmt: skip
     if calibration is not None:
         answer["match"] = level(hit.score, calibration)
     return answer
@@ -413,8 +413,9 @@ def create_app(
     thumbnails = Thumbnails(sides)
     main = sides[0]
 
-    async def off_loop(side: Side, *args) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(executor, side.search, *args)
+    async def off_loop(work, *args) -> dict[str, Any]:
+        """Blocking work (embedding, store calls) on the search pool, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -471,7 +472,7 @@ def create_app(
         return SearchQuery(k, parse_filters(where), group_by, tuple(positive), tuple(negative), box, min_score, wanted)
 
     async def answer_search(image: bytes | None, query: SearchQuery) -> dict[str, Any]:
-        searches = (off_loop(side, image, query) for side in sides)
+        searches = (off_loop(side.search, image, query) for side in sides)
         answer, *others = await asyncio.gather(*searches)
         if others:
             answer["compare"] = {"name": sides[1].name, **others[0]}
@@ -518,9 +519,6 @@ def create_app(
         query = search_query(k, where, group_by, [row_id], negative, None, min_score, min_level)
         return await answer_search(None, query)
 
-    async def on_store(work, *args) -> dict[str, Any]:
-        return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
-
     @app.post("/admin/switch")
     async def switch(request: Request, authorization: Annotated[str | None, Header()] = None):
         """A model upgrade (search_service/reindex.py --switch): {"gallery": LOCATION, "url": NEW_MODEL_URL}."""
@@ -531,7 +529,7 @@ def create_app(
             body = None
         if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("gallery", "url")):
             raise ApiError('send {"gallery": LOCATION, "url": URL of the new model} as JSON', 400)
-        return await on_store(main.switch, body["gallery"], body["url"], main.client.api_key)
+        return await off_loop(main.switch, body["gallery"], body["url"], main.client.api_key)
 
     @app.post("/gallery", status_code=201)
     async def add_to_gallery(request: Request, authorization: Annotated[str | None, Header()] = None):
@@ -541,7 +539,7 @@ def create_app(
         app_id = check_app_id(fields.pop("id", ""))
         label = fields.pop("label", "")
         metadata = metadata_fields(fields, from_form=True)
-        return await on_store(main.add_row, photos, app_id, image, label, metadata)
+        return await off_loop(main.add_row, photos, app_id, image, label, metadata)
 
     @app.patch("/gallery/{app_id}")
     async def update_in_gallery(app_id: str, request: Request, authorization: Annotated[str | None, Header()] = None):
@@ -553,16 +551,16 @@ def create_app(
             raise ApiError("send the fields to change as a JSON object", 400) from None
         if not isinstance(fields, dict) or not fields:
             raise ApiError("send the fields to change as a non-empty JSON object", 400)
-        return await on_store(main.update_row, photos, check_app_id(app_id), metadata_fields(fields, from_form=False))
+        return await off_loop(main.update_row, photos, check_app_id(app_id), metadata_fields(fields, from_form=False))
 
     @app.delete("/gallery/{app_id}")
     async def delete_from_gallery(app_id: str, authorization: Annotated[str | None, Header()] = None):
         check_write_key(write_key, authorization)
-        return await on_store(main.delete_row, photos, check_app_id(app_id))
+        return await off_loop(main.delete_row, photos, check_app_id(app_id))
 
     @app.get("/gallery/{app_id}")
     async def get_from_gallery(app_id: str):
-        return await on_store(main.get_row, photos, check_app_id(app_id))
+        return await off_loop(main.get_row, photos, check_app_id(app_id))
 
     @app.get("/images/{row_id}", responses={200: {"content": {"image/jpeg": {}}}})
     def image(row_id: str, size: Annotated[int, Query(description=f"one of {THUMB_SIZES}")] = 256) -> Response:
