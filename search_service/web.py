@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(sides, args.search_threads, write_key, Path(args.photos))
     if write_key and not is_qdrant(args.gallery):
         print(f"note: apps write to a .npz gallery, which is rewritten whole at each write ({len(sides[0].store)} "
-              "rows; ~0.13 s a write at 10,000 rows, docs/benchmarks.md); for a gallery apps write to all day, "
+              "rows; ~0.2 s a write at 10,000 rows: bench/store_writes.py); for a gallery apps write to all day, "
               "use Qdrant Edge: --gallery qdrant://galleries/edge", flush=True)  # fmt: skip
     print(f"Search page: http://{args.host}:{args.port}/  (API: POST /search, docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
