@@ -38,8 +38,11 @@ from clients.metadata import (
     updated_row,
 )  # fmt: skip
 from clients.grouping import check_group_field, grouped_search
-from clients.store import Hit, UnknownRow, as_row_ids, check_examples, location_options, version_mismatch
+from clients.store import (
+    Hit, UnknownRow, as_row_ids, check_examples, location_options, recommend_query, reranked, version_mismatch,
+)  # fmt: skip
 from core.files import write_json_atomic
+from core.rerank import RerankSettings
 
 try:
     import qdrant_edge as edge
@@ -225,16 +228,29 @@ class EdgeGallery:
             self.shard.optimize()  # Edge indexes only when asked: segments past the indexing threshold
             self.shard.flush()
 
-    def search(self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[Hit]:
-        if top_k <= 0:
-            return []
-        request = edge.QueryRequest(
-            limit=int(top_k), query=edge.Query.Nearest(np.asarray(query, np.float32).reshape(-1).tolist()),
-            filter=to_filter(where), with_payload=True, with_vector=False, params=self._params(),
-        )  # fmt: skip
+    def search(
+        self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """Edge's nearest rows passing `where`; `rerank` re-ranks its top shortlist (clients.store.reranked)."""
+        query = np.asarray(query, np.float32).reshape(-1)
+        nearest, condition = edge.Query.Nearest(query.tolist()), to_filter(where)
+        if rerank is not None:
+            return reranked(lambda limit: self._query(nearest, limit, condition, True), query, top_k, rerank)
+        return self._query(nearest, top_k, condition)[0]
+
+    def _query(self, query, limit: int, condition, vectors: bool = False) -> tuple[list[Hit], np.ndarray | None]:
+        """The best `limit` points of one Edge query, as hits, and their stored vectors when asked."""
+        if limit <= 0:
+            return [], np.zeros((0, self.dim), np.float32) if vectors else None
+        request = edge.QueryRequest(limit=int(limit), query=query, filter=condition, with_payload=True,
+                                    with_vector=vectors, params=self._params())  # fmt: skip
         with _engine(f"cannot search {self.store}"):
             found = self.shard.query(request)
-        return [_hit(point.payload, float(point.score)) for point in found]
+        hits = [_hit(point.payload, float(point.score)) for point in found]
+        if not vectors:
+            return hits, None
+        return hits, np.asarray([point.vector for point in found], dtype=np.float32).reshape(-1, self.dim)
 
     def search_many(self, queries: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[list[Hit]]:
         """`search` for a batch of queries [B, dim], planned by Edge as one batch."""
@@ -259,9 +275,16 @@ class EdgeGallery:
                 return None
         return payload_row(records[0].payload) if records else None
 
-    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
-        """The best row of each of the top_k groups, from this store's exact ranking."""
-        return grouped_search(self.search, query, top_k, where, check_group_field(group_by), len(self))
+    def search_groups(
+        self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str, *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """The best row of each of the top_k groups, from this store's exact (or re-ranked) ranking."""
+
+        def ranked(q: np.ndarray, limit: int, conditions: tuple[Condition, ...]) -> list[Hit]:
+            return self.search(q, limit, conditions, rerank=rerank)
+
+        return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
 
     def recommend(
         self,
@@ -271,22 +294,24 @@ class EdgeGallery:
         top_k: int = 5,
         where: tuple[Condition, ...] = (),
         group_by: str | None = None,
+        *,
+        rerank: RerankSettings | None = None,
     ) -> list[Hit]:
-        """Qdrant's recommendation (sum_scores) on the examples' stored vectors, the examples left out."""
+        """Qdrant's recommendation (sum_scores) on the examples' stored vectors, the examples left
+        out; `rerank` re-ranks the shortlist around that rule's query vector (`recommend_query`)."""
         check_examples(positive, list(negative), vectors)
         stored = self._vectors([*positive, *negative])
         extra = np.zeros((0, self.dim), np.float32) if vectors is None else np.asarray(vectors, np.float32)
         positives = [stored[i] for i in positive] + [v.tolist() for v in extra.reshape(-1, self.dim)]
-        query = edge.Query.RecommendSumScores(
-            edge.RecommendQuery(positives=positives, negatives=[stored[i] for i in negative])
-        )
+        negatives = [stored[i] for i in negative]
+        query = edge.Query.RecommendSumScores(edge.RecommendQuery(positives=positives, negatives=negatives))
         condition = to_filter(where, exclude=set(stored))
+        around = recommend_query(np.asarray(positives, np.float32), np.asarray(negatives, np.float32))
 
         def ranked(_query, limit: int, _where) -> list[Hit]:
-            request = edge.QueryRequest(limit=int(limit), query=query, filter=condition, with_payload=True,
-                                        with_vector=False, params=self._params())  # fmt: skip
-            with _engine(f"cannot search {self.store}"):
-                return [_hit(point.payload, float(point.score)) for point in self.shard.query(request)]
+            if rerank is not None:
+                return reranked(lambda n: self._query(query, n, condition, True), around, limit, rerank)
+            return self._query(query, limit, condition)[0]
 
         if group_by:
             return grouped_search(ranked, None, top_k, where, check_group_field(group_by), len(self))

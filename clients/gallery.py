@@ -26,8 +26,9 @@ from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
 from clients.metadata import Condition, row_metadata, updated_row
 from clients.grouping import check_group_field, grouped_search
-from clients.store import Hit, UnknownRow, check_examples, recommend_query, version_mismatch
+from clients.store import Hit, UnknownRow, check_examples, recommend_query, reranked, version_mismatch
 from core.files import write_file_atomic
+from core.rerank import RerankSettings
 
 FORMAT = "cars-gallery/2"
 OLDER_FORMATS = ("cars-gallery/1",)  # no per-row metadata: derived from path and label on load
@@ -100,9 +101,16 @@ class Gallery:
             self._by_id = {row["id"]: row for row in self.rows}
         return self._by_id.get(row_id)
 
-    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
-        """The best row of each of the top_k groups, from this store's exact ranking."""
-        return grouped_search(self.search, query, top_k, where, check_group_field(group_by), len(self))
+    def search_groups(
+        self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str, *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """The best row of each of the top_k groups, from this store's exact (or re-ranked) ranking."""
+
+        def ranked(q: np.ndarray, limit: int, conditions: tuple[Condition, ...]) -> list[Hit]:
+            return self.search(q, limit, conditions, rerank=rerank)
+
+        return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
 
     def recommend(
         self,
@@ -112,8 +120,11 @@ class Gallery:
         top_k: int = 5,
         where: tuple[Condition, ...] = (),
         group_by: str | None = None,
+        *,
+        rerank: RerankSettings | None = None,
     ) -> list[Hit]:
-        """Qdrant's sum_scores rule in numpy (`recommend_query`), the examples left out."""
+        """Qdrant's sum_scores rule in numpy (`recommend_query`), the examples left out; `rerank`
+        re-ranks the shortlist around that rule's query vector."""
         check_examples(positive, list(negative), vectors)
         rows = [self._row_index(row_id) for row_id in [*positive, *negative]]
         pos, neg = self.embeddings[rows[: len(positive)]], self.embeddings[rows[len(positive) :]]
@@ -123,12 +134,19 @@ class Gallery:
         keep = self.mask(where)
         keep[rows] = False
 
-        def ranked(_query: np.ndarray, limit: int, _where: tuple[Condition, ...]) -> list[Hit]:
+        def shortlist(limit: int) -> tuple[list[Hit], np.ndarray]:
             candidates = np.flatnonzero(keep)
             if len(candidates) == 0:
-                return []
+                return [], np.zeros((0, self.dim), np.float32)
             indices, scores = exact_top_k(self.embeddings[candidates], query[None, :], limit)
-            return [self._hit(int(candidates[i]), float(score)) for i, score in zip(indices[0], scores[0], strict=True)]
+            rows = candidates[indices[0]]
+            hits = [self._hit(int(row), float(score)) for row, score in zip(rows, scores[0], strict=True)]
+            return hits, self.embeddings[rows]
+
+        def ranked(_query: np.ndarray, limit: int, _where: tuple[Condition, ...]) -> list[Hit]:
+            if rerank is not None:
+                return reranked(shortlist, query, limit, rerank)
+            return shortlist(limit)[0]
 
         if group_by:
             return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
@@ -175,20 +193,41 @@ class Gallery:
             self.save(self.path)
 
     def search(
-        self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), approximate: bool = False
-    ) -> list[Hit]:
+        self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), approximate: bool = False, *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
         """Cosine top-k of the rows passing `where`, best first (rows and queries are unit length);
-        exact unless `approximate` (then filters are not supported)."""
-        return self.search_many(np.asarray(query, dtype=np.float32)[None, :], top_k, where, approximate)[0]
+        exact unless `approximate` (then filters are not supported); `rerank` re-ranks the top
+        shortlist (clients.store.reranked)."""
+        query = np.asarray(query, dtype=np.float32)
+        if rerank is not None:
+
+            def shortlist(limit: int) -> tuple[list[Hit], np.ndarray]:
+                indices, scores = self._top(query[None, :], limit, where, approximate)
+                hits = [self._hit(int(i), float(s)) for i, s in zip(indices[0], scores[0], strict=True)]
+                return hits, self.embeddings[indices[0]]
+
+            return reranked(shortlist, query, top_k, rerank)
+        return self.search_many(query[None, :], top_k, where, approximate)[0]
 
     def search_many(
         self, queries: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), approximate: bool = False
     ) -> list[list[Hit]]:
         """`search` for a batch of queries [B, dim] at once (one matrix product instead of B)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        indices, scores = self._top(queries, top_k, where, approximate)
+        return [
+            [self._hit(int(i), float(score)) for i, score in zip(row, row_scores, strict=True)]
+            for row, row_scores in zip(indices, scores, strict=True)
+        ]
+
+    def _top(
+        self, queries: np.ndarray, top_k: int, where: tuple[Condition, ...], approximate: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row indices and scores [B, <= top_k] of the best rows passing `where`, best first."""
         rows = np.flatnonzero(self.mask(where)) if where else None
-        if len(self) == 0 or (rows is not None and len(rows) == 0):
-            return [[] for _ in queries]
+        if len(self) == 0 or (rows is not None and len(rows) == 0) or top_k <= 0:
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
         if approximate and rows is None:
             if self._index is None:
                 self._index = ProjectedIndex(self.embeddings)
@@ -198,10 +237,7 @@ class Gallery:
             indices = rows[indices]
         else:
             indices, scores = exact_top_k(self.embeddings, queries, top_k)
-        return [
-            [self._hit(i, float(score)) for i, score in zip(row, row_scores, strict=True)]
-            for row, row_scores in zip(indices, scores, strict=True)
-        ]
+        return indices, scores
 
     def _hit(self, index: int, score: float) -> Hit:
         row = self.rows[index]

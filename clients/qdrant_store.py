@@ -55,8 +55,11 @@ from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
     updated_row,
 )  # fmt: skip
-from clients.grouping import check_group_field
-from clients.store import Hit, UnknownRow, as_row_ids, check_examples, location_options, version_mismatch
+from clients.grouping import check_group_field, grouped_search
+from clients.store import (
+    Hit, UnknownRow, as_row_ids, check_examples, location_options, recommend_query, reranked, version_mismatch,
+)  # fmt: skip
+from core.rerank import RerankSettings
 
 try:
     from pydantic import ValidationError
@@ -411,18 +414,32 @@ class QdrantGallery:
             self._call(f"cannot add to {self.store}", self.client.upsert, self.collection,
                        points=points[start : start + self.batch_size], wait=True)  # fmt: skip
 
-    def search(self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[Hit]:
-        if top_k <= 0:
-            return []
+    def search(
+        self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """The server's nearest rows passing `where`; `rerank` re-ranks its top shortlist, fetched
+        with their vectors (clients.store.reranked)."""
+        query = np.asarray(query, np.float32).reshape(-1)
         rescore = None
         if self.quantization == "int8":
             rescore = models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
-        found = self._call(
-            f"cannot search {self.store}", self.client.query_points, self.collection,
-            query=np.asarray(query, np.float32).reshape(-1).tolist(), limit=int(top_k), query_filter=to_filter(where),
-            search_params=models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore), with_payload=True,
-        )  # fmt: skip
-        return [_hit(point.payload, float(point.score)) for point in found.points]
+        common = {"query": query.tolist(), "query_filter": to_filter(where),
+                  "search_params": models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore)}  # fmt: skip
+        if rerank is not None:
+            return reranked(lambda limit: self._query(limit, True, **common), query, top_k, rerank)
+        return self._query(top_k, **common)[0]
+
+    def _query(self, limit: int, vectors: bool = False, **query) -> tuple[list[Hit], np.ndarray | None]:
+        """The best `limit` points of one query, as hits, and their stored vectors when asked."""
+        if limit <= 0:
+            return [], np.zeros((0, self.dim), np.float32) if vectors else None
+        found = self._call(f"cannot search {self.store}", self.client.query_points, self.collection, limit=int(limit),
+                           with_payload=True, with_vectors=vectors, **query)  # fmt: skip
+        hits = [_hit(point.payload, float(point.score)) for point in found.points]
+        if not vectors:
+            return hits, None
+        return hits, np.asarray([point.vector for point in found.points], dtype=np.float32).reshape(-1, self.dim)
 
     def get(self, row_id: str) -> dict[str, Any] | None:
         try:
@@ -433,8 +450,18 @@ class QdrantGallery:
                             with_payload=True)  # fmt: skip
         return payload_row(points[0].payload) if points else None
 
-    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
-        """Qdrant's own grouping: one hit (the best) per group, top_k groups."""
+    def search_groups(
+        self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str, *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """Qdrant's own grouping: one hit (the best) per group, top_k groups. Re-ranked, groups
+        are taken from the re-ranked plain search (`grouped_search`), as the other stores do."""
+        if rerank is not None:
+
+            def ranked(q: np.ndarray, limit: int, conditions: tuple[Condition, ...]) -> list[Hit]:
+                return self.search(q, limit, conditions, rerank=rerank)
+
+            return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
         if top_k <= 0:
             return []
         return self._groups(
@@ -450,12 +477,16 @@ class QdrantGallery:
         top_k: int = 5,
         where: tuple[Condition, ...] = (),
         group_by: str | None = None,
+        *,
+        rerank: RerankSettings | None = None,
     ) -> list[Hit]:
         """Qdrant's own recommendation (sum_scores): the server looks the example ids up and leaves
-        them out of the results."""
+        them out of the results. With `rerank`, the examples' vectors are fetched too, to re-rank
+        the shortlist around the rule's query vector (`recommend_query`), and groups are taken
+        from the re-ranked list."""
         check_examples(positive, list(negative), vectors)
-        found = set(self._existing([*positive, *negative]))
-        missing = [row_id for row_id in [*positive, *negative] if row_id not in found]
+        examples = self._existing([*positive, *negative], vectors=rerank is not None)
+        missing = [row_id for row_id in [*positive, *negative] if row_id not in examples]
         if missing:
             raise UnknownRow(f"no gallery row with id {missing[0]!r}")
         extra = [] if vectors is None else np.asarray(vectors, np.float32).reshape(-1, self.dim).tolist()
@@ -466,10 +497,21 @@ class QdrantGallery:
                 strategy=models.RecommendStrategy.SUM_SCORES,
             )
         )
+        search = {"query": query, "query_filter": to_filter(where),
+                  "search_params": models.SearchParams(hnsw_ef=HNSW_EF)}  # fmt: skip
+        if rerank is not None:
+            positives = np.asarray([examples[i] for i in positive] + extra, np.float32).reshape(-1, self.dim)
+            around = recommend_query(positives, np.asarray([examples[i] for i in negative], np.float32))
+
+            def ranked(_query, limit: int, _where) -> list[Hit]:
+                return reranked(lambda n: self._query(n, True, **search), around, limit, rerank)
+
+            if group_by:
+                return grouped_search(ranked, None, top_k, where, check_group_field(group_by), len(self))
+            return ranked(None, top_k, where)
         if top_k <= 0:
             return []
-        common = {"query": query, "limit": int(top_k), "query_filter": to_filter(where), "with_payload": True,
-                  "search_params": models.SearchParams(hnsw_ef=HNSW_EF)}  # fmt: skip
+        common = {**search, "limit": int(top_k), "with_payload": True}
         if group_by:
             return self._groups(group_by, **common)
         found = self._call(f"cannot search {self.store}", self.client.query_points, self.collection, **common)
@@ -481,14 +523,14 @@ class QdrantGallery:
                            group_by=check_group_field(group_by), group_size=1, **query)  # fmt: skip
         return [_hit(group.hits[0].payload, float(group.hits[0].score)) for group in found.groups if group.hits]
 
-    def _existing(self, row_ids: list[str]) -> list[str]:
-        """The ids among `row_ids` that name rows, in one request."""
+    def _existing(self, row_ids: list[str], vectors: bool = False) -> dict[str, list[float] | None]:
+        """The ids among `row_ids` that name rows, with their vectors when asked, in one request."""
         valid = as_row_ids(row_ids)
         if not valid:
-            return []
+            return {}
         points = self._call(f"cannot read {self.store}", self.client.retrieve, self.collection, ids=valid,
-                            with_payload=False)  # fmt: skip
-        return [str(point.id) for point in points]
+                            with_payload=False, with_vectors=vectors)  # fmt: skip
+        return {str(point.id): point.vector if vectors else None for point in points}
 
     def update(self, row_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Overwrites one row's payload with `fields` applied (wait=True: durable on return)."""
@@ -503,7 +545,7 @@ class QdrantGallery:
 
     def delete(self, row_ids: list[str]) -> int:
         """Deletes the rows that exist among `row_ids` (wait=True: durable on return)."""
-        existing = self._existing(row_ids)
+        existing = list(self._existing(row_ids))
         if existing:
             self._call(f"cannot delete from {self.store}", self.client.delete, self.collection,
                        points_selector=models.PointIdsList(points=existing), wait=True)  # fmt: skip

@@ -12,14 +12,20 @@ another model version, and makes `add` durable before it returns (so a killed ga
 resumes where it stopped), and `export`s its rows with their vectors, so that
 clients/copy_store.py moves a gallery from any store to any other (Edge to a server, say).
 Builders and queries use only what `GalleryStore` names.
+
+Every store's `search`, `search_groups` and `recommend` take `rerank` (core/rerank.py settings):
+`reranked` below asks the store for its top `shortlist` hits with their vectors, re-orders them
+(DBA + alpha-QE, the same code train.evaluate --rerank measures) and keeps top_k, so all stores
+re-rank alike. A hit's `score` stays its raw similarity (calibrated match levels and score floors
+keep their meaning); `rerank_score` is what ordered it.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -28,6 +34,7 @@ import numpy as np
 
 from clients.api import ClientError
 from clients.metadata import Condition
+from core.rerank import RerankSettings, rerank
 
 DEFAULT_GALLERY = "galleries/gallery.npz"
 QDRANT_SCHEMES = ("qdrant://", "qdrant+http://", "qdrant+https://")
@@ -40,6 +47,7 @@ class Hit:
     score: float
     id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)  # clients/metadata.py: make, model, year, ...
+    rerank_score: float | None = None  # set when a re-rank ordered this hit (`reranked`); None otherwise
 
 
 class GalleryStore(Protocol):
@@ -63,11 +71,19 @@ class GalleryStore(Protocol):
         """Adds rows, `extra` holding sidecar attributes per row (an image already present is
         replaced); durable when it returns."""
 
-    def search(self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = ()) -> list[Hit]:
-        """The top_k rows passing every condition of `where`, best first."""
+    def search(
+        self, query: np.ndarray, top_k: int = 5, where: tuple[Condition, ...] = (), *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """The top_k rows passing every condition of `where`, best first (with `rerank`: the
+        store's top shortlist re-ranked, `reranked`)."""
 
-    def search_groups(self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str) -> list[Hit]:
-        """The best row of each of the top_k groups of `group_by` (clients/grouping.py), best first."""
+    def search_groups(
+        self, query: np.ndarray, top_k: int, where: tuple[Condition, ...], group_by: str, *,
+        rerank: RerankSettings | None = None,
+    ) -> list[Hit]:  # fmt: skip
+        """The best row of each of the top_k groups of `group_by` (clients/grouping.py), best
+        first; with `rerank`, groups are taken from the re-ranked order."""
 
     def recommend(
         self,
@@ -77,10 +93,13 @@ class GalleryStore(Protocol):
         top_k: int = 5,
         where: tuple[Condition, ...] = (),
         group_by: str | None = None,
+        *,
+        rerank: RerankSettings | None = None,
     ) -> list[Hit]:
         """More like these rows (`positive` ids, plus `vectors`, e.g. an uploaded photo's) and
         unlike those (`negative` ids): Qdrant's sum_scores rule (`recommend_query`); the example
-        rows are never results. UnknownRow for an id that is not in the gallery."""
+        rows are never results. UnknownRow for an id that is not in the gallery. With `rerank`,
+        the shortlist is re-ranked around the recommendation's query vector."""
 
     def get(self, row_id: str) -> dict[str, Any] | None:
         """The metadata of one row by its id (path, label, ...), or None."""
@@ -116,6 +135,23 @@ def recommend_query(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
     if len(negatives):
         total -= np.asarray(negatives, dtype=np.float32).reshape(-1, dim).sum(0)
     return total
+
+
+Shortlist = Callable[[int], tuple[list[Hit], np.ndarray]]  # limit -> (hits best first, their vectors [n, dim])
+
+
+def reranked(shortlist: Shortlist, query: np.ndarray, top_k: int, settings: RerankSettings) -> list[Hit]:
+    """The top_k hits after re-ranking (core/rerank.py) the store's best `settings.shortlist`,
+    which `shortlist(limit)` returns with their vectors, filters and exclusions applied. Hits past
+    the shortlist (a top_k longer than it) follow in the store's order with no rerank_score.
+    `score` stays the raw similarity, so match levels and min_score mean what they did."""
+    if top_k <= 0:
+        return []
+    hits, vectors = shortlist(max(top_k, settings.shortlist))
+    head = min(settings.shortlist, len(hits))
+    order, scores = rerank(query, np.asarray(vectors, dtype=np.float32)[:head], settings)
+    ordered = [replace(hits[i], rerank_score=float(score)) for i, score in zip(order, scores, strict=True)]
+    return (ordered + list(hits[head:]))[:top_k]
 
 
 def as_row_ids(row_ids: Iterable[str]) -> list[str]:

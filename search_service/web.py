@@ -2,6 +2,7 @@
 
     python search_service/web.py --gallery galleries/gallery.npz [--url http://127.0.0.1:8080/predictions/cars]
                           [--host 127.0.0.1] [--port 8000] [--compare OTHER_GALLERY --compare-url URL]
+                          [--rerank | --no-rerank]
 
 A client of TorchServe like the CLIs (no torch): it opens the gallery store once, embeds each
 uploaded photo through the server and searches the store, filters included.
@@ -12,11 +13,13 @@ uploaded photo through the server and searches the store, filters included.
                             `group_by` (listing, model...: the best photo of each of k groups),
                             `positive` / `negative` (repeatable row ids: more like / not like
                             these; with them the photo is optional), `crop=x,y,w,h` (a region of
-                            the photo), `min_score`, `min_level` (likely, similar: calibrated)
-                            -> {"model_version", "calibrated", "results": [{"rank", "score",
-                            "match", "label", "id", "image_url", "make", "model", "year", ...}]}
-                            (+ "compare" with --compare)
-    GET  /similar/{id}      more like this gallery car (k, where, group_by, negative, min_*)
+                            the photo), `min_score`, `min_level` (likely, similar: calibrated),
+                            `rerank` (true/false: DBA + alpha-QE on the top shortlist, core/rerank.py;
+                            default --rerank / --no-rerank)
+                            -> {"model_version", "calibrated", "rerank", "results": [{"rank", "score",
+                            "match", "label", "id", "image_url", "make", "model", "year", ...,
+                            "rerank_score" (re-ranked searches only)}]} (+ "compare" with --compare)
+    GET  /similar/{id}      more like this gallery car (k, where, group_by, negative, min_*, rerank)
     GET  /images/{id}       a gallery image, by the id of its row only, resized (?size=, cached)
     GET  /api/info          gallery size, model version, the makes and years to filter by
     GET  /docs, /openapi.json   the API description (FastAPI)
@@ -83,6 +86,7 @@ from search_service.writes import (
 )  # fmt: skip
 from core.cli import add_common_flags, parse_args
 from core.errors import run_cli
+from core.rerank import DEFAULT as RERANK_SETTINGS
 
 PAGE = Path(__file__).with_name("web_page.html")
 DEFAULT_PHOTOS = "galleries/photos"  # where photos that apps add are kept
@@ -91,6 +95,9 @@ MAX_K = 100
 SEARCH_THREADS = 32  # searches in flight at once (each waits on TorchServe most of its time)
 THUMB_SIZES = (128, 256, 512)
 THUMB_CACHE = 512  # thumbnails kept in memory
+# Whether a search re-ranks when it does not say (`rerank=`; --rerank / --no-rerank): off until
+# train.evaluate --rerank shows it helps on unseen models with the settings of core/rerank.py.
+RERANK = False
 # The page loads nothing from elsewhere: everything it needs is inline or from this server.
 PAGE_POLICY = "default-src 'self'; img-src 'self' blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -159,20 +166,23 @@ class Side:
                     raise ApiError(str(error), 409) from None
             calibration = of_store(store)
             floor = score_floor(query, calibration)
+            rerank = RERANK_SETTINGS if query.rerank else None
             try:
                 if query.positive or query.negative:
                     vectors = None if embedding is None else embedding.vector[None, :]
                     hits = store.recommend(list(query.positive), list(query.negative), vectors, query.k, query.where,
-                                           query.group_by)  # fmt: skip
+                                           query.group_by, rerank=rerank)  # fmt: skip
                 elif query.group_by:
-                    hits = store.search_groups(embedding.vector, query.k, query.where, query.group_by)
+                    hits = store.search_groups(embedding.vector, query.k, query.where, query.group_by, rerank=rerank)
                 else:
-                    hits = store.search(embedding.vector, query.k, query.where)
+                    hits = store.search(embedding.vector, query.k, query.where, rerank=rerank)
             except UnknownRow as error:
                 raise ApiError(str(error), 404) from None
             except ClientError as error:
                 raise ApiError(str(error), 400) from None
-        results = [result(rank, hit, calibration) for rank, hit in enumerate(hits, 1) if hit.score >= floor]
+        # The floor is on the raw score (what calibration measured), after the re-rank ordered the hits.
+        kept = [hit for hit in hits if hit.score >= floor]
+        results = [result(rank, hit, calibration, query.rerank) for rank, hit in enumerate(kept, 1)]
         return {"model_version": store.model_version, "calibrated": calibration is not None, "results": results}
 
     def add_row(self, photos: Path, app_id: str, image: bytes, label: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +280,7 @@ class SearchQuery:
     crop: tuple[int, int, int, int] | None = None  # the region of the photo to search with
     min_score: float | None = None
     min_level: str | None = None  # a calibrated level (clients/calibration.py)
+    rerank: bool = False  # re-rank the store's shortlist (core/rerank.py)
 
 
 def score_floor(query: SearchQuery, calibration: dict[str, Any] | None) -> float:
@@ -284,11 +295,16 @@ def score_floor(query: SearchQuery, calibration: dict[str, Any] | None) -> float
     return floor
 
 
-def result(rank: int, hit: Hit, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+def result(rank: int, hit: Hit, calibration: dict[str, Any] | None = None, reranked: bool = False) -> dict[str, Any]:
+    """One result as the API shows it. `score` is always the raw similarity (what `match` and
+    min_score judge); a re-ranked search adds `rerank_score`, what ordered it (null for a result
+    past the shortlist, which keeps the store's order)."""
     answer = {**public_row({**hit.metadata, "id": hit.id}), "rank": rank, "score": round(hit.score, 4),
               "label": hit.label}  # fmt: skip
     if calibration is not None:
         answer["match"] = level(hit.score, calibration)
+    if reranked:
+        answer["rerank_score"] = None if hit.rerank_score is None else round(hit.rerank_score, 4)
     return answer
 
 
@@ -401,6 +417,7 @@ def create_app(
     search_threads: int = SEARCH_THREADS,
     write_key: str | None = None,
     photos: Path = Path(DEFAULT_PHOTOS),
+    rerank_default: bool = RERANK,
 ) -> FastAPI:
     executor = ThreadPoolExecutor(max_workers=search_threads, thread_name_prefix="search")
 
@@ -451,11 +468,12 @@ def create_app(
         """What the page shows before a search: gallery size, model version, filter choices."""
         return {"gallery": len(main.store), "model_version": main.store.model_version,
                 "compare": sides[1].name if len(sides) > 1 else None, "calibrated": of_store(main.store) is not None,
+                "rerank": {"default": rerank_default, **RERANK_SETTINGS.as_dict()},
                 **filter_choices(main.store)}  # fmt: skip
 
     def search_query(
         k: int, where: list[str], group_by: str | None, positive: list[str], negative: list[str],
-        crop: str | None, min_score: float | None, min_level: str | None,
+        crop: str | None, min_score: float | None, min_level: str | None, rerank: bool | None,
     ) -> SearchQuery:  # fmt: skip
         if group_by is not None and group_by not in GROUP_FIELDS:
             raise ApiError(f"group_by must be one of {', '.join(GROUP_FIELDS)}, got {group_by!r}", 400)
@@ -469,7 +487,8 @@ def create_app(
             raise ApiError(f"row {both[0]!r} is both a positive and a negative example", 400)
         if min_score is not None and not math.isfinite(min_score):
             raise ApiError("min_score must be a finite number", 400)
-        return SearchQuery(k, parse_filters(where), group_by, tuple(positive), tuple(negative), box, min_score, wanted)
+        return SearchQuery(k, parse_filters(where), group_by, tuple(positive), tuple(negative), box, min_score, wanted,
+                           rerank_default if rerank is None else rerank)  # fmt: skip
 
     async def answer_search(image: bytes | None, query: SearchQuery) -> dict[str, Any]:
         searches = (off_loop(side.search, image, query) for side in sides)
@@ -479,7 +498,7 @@ def create_app(
         echoed = {"where": [str(c) for c in query.where], "group_by": query.group_by, "positive": list(query.positive),
                   "negative": list(query.negative), "crop": list(query.crop) if query.crop else None,
                   "min_score": query.min_score, "min_level": query.min_level}  # fmt: skip
-        return {**answer, **{key: value for key, value in echoed.items() if value}}
+        return {**answer, **{key: value for key, value in echoed.items() if value}, "rerank": query.rerank}
 
     @app.post("/search")
     async def search(
@@ -494,12 +513,15 @@ def create_app(
         crop: Annotated[str | None, Query(description="x,y,w,h: search with this region of the photo")] = None,
         min_score: Annotated[float | None, Query(description="leave out results scoring lower")] = None,
         min_level: Annotated[str | None, Query(description="likely, similar or different (calibrated)")] = None,
+        rerank: Annotated[
+            bool | None, Query(description="re-rank the top shortlist (DBA + alpha-QE); default: the service's")
+        ] = None,
     ) -> dict[str, Any]:
         """The k gallery cars most like the uploaded photo (or its `crop` region) and the
         `positive` rows, unlike the `negative` ones, passing the filters; with group_by, the best
         photo of each of the k most similar listings (or car models). The photo is optional when
         `positive` names a row."""
-        query = search_query(k, where, group_by, positive, negative, crop, min_score, min_level)
+        query = search_query(k, where, group_by, positive, negative, crop, min_score, min_level, rerank)
         image = await read_upload(request, required=not positive)
         if image is None and crop is not None:
             raise ApiError("crop needs a photo to cut the region from", 400)
@@ -514,9 +536,12 @@ def create_app(
         negative: Annotated[list[str], Query(description="row ids: not like these (repeatable)")] = [],  # noqa: B006
         min_score: Annotated[float | None, Query()] = None,
         min_level: Annotated[str | None, Query()] = None,
+        rerank: Annotated[
+            bool | None, Query(description="re-rank the top shortlist (DBA + alpha-QE); default: the service's")
+        ] = None,
     ) -> dict[str, Any]:
         """More like this gallery car: the k rows most like row `row_id` (itself left out)."""
-        query = search_query(k, where, group_by, [row_id], negative, None, min_score, min_level)
+        query = search_query(k, where, group_by, [row_id], negative, None, min_score, min_level, rerank)
         return await answer_search(None, query)
 
     @app.post("/admin/switch")
@@ -595,6 +620,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="searches embedded at once, each on its own keep-alive connection to the server; "
         "more wait in line (default: %(default)s)",
     )
+    parser.add_argument(
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        default=RERANK,
+        help="re-rank searches that do not say (rerank=true/false) with DBA + alpha-QE, core/rerank.py "
+        f"(k={RERANK_SETTINGS.k}, alpha={RERANK_SETTINGS.alpha:g}, shortlist={RERANK_SETTINGS.shortlist}) "
+        "(default: %(default)s)",
+    )
     return add_common_flags(parser, quiet=False)
 
 
@@ -618,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ClientError(f"--search-threads must be in 1..1024, got {args.search_threads}")
     write_key = load_write_key(args.write_key_file)
     sides = make_sides(args)
-    app = create_app(sides, args.search_threads, write_key, Path(args.photos))
+    app = create_app(sides, args.search_threads, write_key, Path(args.photos), args.rerank)
     if write_key and not is_qdrant(args.gallery):
         print(f"note: apps write to a .npz gallery, which is rewritten whole at each write ({len(sides[0].store)} "
               "rows; ~0.2 s a write at 10,000 rows: bench/store_writes.py); for a gallery apps write to all day, "

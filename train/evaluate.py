@@ -1,9 +1,12 @@
 """Compare the frozen base encoder with the tuned model on retrieval of (unseen) classes.
 
-    python -m train.evaluate --run runs/NAME --data DIR [--classes heldout|all] [--plot]
+    python -m train.evaluate --run runs/NAME --data DIR [--classes heldout|all] [--plot] [--rerank]
 
 `heldout` evaluates the classes that run held out of this same DIR; `all` every class in DIR (for
 a dataset disjoint from training). Writes RUN_DIR/eval.json and, with --plot, RUN_DIR/metrics.png.
+`--rerank` also scores the tuned model with its searches re-ranked (DBA + alpha-QE on each
+query's shortlist, core/rerank.py: the code the gallery stores serve with), as "tuned_rerank",
+with the settings used under "rerank" (core/rerank.py's DEFAULT unless --rerank-k/-alpha/-shortlist).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from quaterion_models.heads import EmptyHead, EncoderHead
 from core.cli import add_common_flags, parse_args
 from core.errors import UsageError, run_cli
 from core.files import directory_sha256, write_file_atomic, write_json_atomic
+from core.rerank import DEFAULT as RERANK_DEFAULT
+from core.rerank import RerankSettings
 from core.servable import base_head
 from core.run import Run
 from train.cache import images_signature
 from train.data import DATASETS, CarsDataset, ImageList, load_image_list
-from train.metrics import SelfMaskedGroupSampler, retrieval_metrics
+from train.metrics import RerankedGroupSampler, SelfMaskedGroupSampler, retrieval_metrics
 
 WHICH = {"heldout": "held-out", "all": "evaluated"}
 
@@ -63,7 +68,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true", help="encode the images again, keep nothing")
     parser.add_argument("--plot", action="store_true", help="also write RUN_DIR/metrics.png, base vs tuned per metric")
     parser.add_argument("--json", action="store_true", help="print eval.json instead of a table")
+    parser.add_argument(
+        "--rerank", action="store_true", help="also score the tuned model with re-ranked searches (core/rerank.py)"
+    )
+    parser.add_argument(
+        "--rerank-k", type=int, help=f"neighbours in DBA and QE (implies --rerank; default: {RERANK_DEFAULT.k})"
+    )
+    parser.add_argument(
+        "--rerank-alpha", type=float, help=f"weight exponent (implies --rerank; default: {RERANK_DEFAULT.alpha:g})"
+    )
+    parser.add_argument(
+        "--rerank-shortlist",
+        type=int,
+        help=f"results re-ranked per query (implies --rerank; default: {RERANK_DEFAULT.shortlist})",
+    )
     return add_common_flags(parser)
+
+
+def rerank_settings(args: argparse.Namespace) -> RerankSettings | None:
+    """The re-rank settings asked for (core/rerank.py's DEFAULT, overridden), or None."""
+    overrides = {"k": args.rerank_k, "alpha": args.rerank_alpha, "shortlist": args.rerank_shortlist}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if not args.rerank and not overrides:
+        return None
+    return RerankSettings(**{**RERANK_DEFAULT.as_dict(), **overrides})  # UsageError for bad values
 
 
 def load_run(run_dir: Path) -> tuple[Run, SimilarityModel]:
@@ -134,11 +162,13 @@ def evaluate_base_and_tuned(
     seed: int,
     servable_dir: Path,
     cache_dir: Path | None = None,
+    rerank: RerankSettings | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Runs Quaterion's Evaluator on the untuned network (`base_head`) and on the tuned model.
+    """Runs Quaterion's Evaluator on the untuned network (`base_head`) and on the tuned model
+    (and, with `rerank`, on the tuned model's re-ranked searches: "tuned_rerank").
 
     The frozen encoder runs once: both models' embeddings are their heads applied to its
-    outputs, exactly what `encode` computes, at half the cost. Both use the same seeded sample of
+    outputs, exactly what `encode` computes, at half the cost. All use the same seeded sample of
     queries.
     """
     class_ids = {name: i for i, name in enumerate(images.class_names)}
@@ -149,8 +179,14 @@ def evaluate_base_and_tuned(
     tuned.eval()  # SimilarityModel.eval() returns None: never chain it
     base_head.to(features.device)
     results = {}
-    for name, head in (("base", base_head), ("tuned", tuned.head)):
-        sampler = SelfMaskedGroupSampler(sample_size, batch_size, seed)
+    runs = [("base", base_head, None), ("tuned", tuned.head, None)]
+    if rerank is not None:
+        runs.append(("tuned_rerank", tuned.head, rerank))
+    for name, head, settings in runs:
+        if settings is None:
+            sampler = SelfMaskedGroupSampler(sample_size, batch_size, seed)
+        else:
+            sampler = RerankedGroupSampler(settings, sample_size, batch_size, seed)
         sampler.accumulator.update(apply_head(head, features, batch_size), groups)
         sampler.accumulator.set_filled()
         model = SimilarityModel(encoders=encoder, head=head)
@@ -168,8 +204,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     metrics = list(report["base"])
     x = range(len(metrics))
     fig, ax = plt.subplots(figsize=(7, 4))
-    for offset, name in ((-0.2, "base"), (0.2, "tuned")):
-        bars = ax.bar([i + offset for i in x], [report[name][m] for m in metrics], width=0.4, label=name)
+    names = [name for name in ("base", "tuned", "tuned_rerank") if name in report]
+    width = 0.8 / len(names)
+    for position, name in enumerate(names):
+        offset = (position - (len(names) - 1) / 2) * width
+        bars = ax.bar([i + offset for i in x], [report[name][m] for m in metrics], width=width, label=name)
         ax.bar_label(bars, fmt="%.3f")
     ax.set_xticks(list(x), metrics)
     ax.set_ylim(0, 1)
@@ -183,16 +222,27 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def format_table(report: dict[str, Any]) -> str:
+    reranked = "tuned_rerank" in report
+    header = f"{'metric':<16}{'base':>8}{'tuned':>8}{'change':>9}"
     lines = [
         f"Retrieval on {report['classes']} {WHICH[report['which']]} classes "
         f"({report['images']} images) of {report['data']}",
-        f"{'metric':<16}{'base':>8}{'tuned':>8}{'change':>9}",
+        header + (f"{'+rerank':>10}{'vs tuned':>10}" if reranked else ""),
     ]
     for metric, base in report["base"].items():
         tuned = report["tuned"][metric]
-        change = f"{(tuned / base - 1) * 100:+.0f}%" if base else "n/a"
-        lines.append(f"{metric:<16}{base:>8.4f}{tuned:>8.4f}{change:>9}")
+        line = f"{metric:<16}{base:>8.4f}{tuned:>8.4f}{change(base, tuned):>9}"
+        if reranked:
+            line += f"{report['tuned_rerank'][metric]:>10.4f}{change(tuned, report['tuned_rerank'][metric]):>10}"
+        lines.append(line)
+    if reranked:
+        settings = report["rerank"]
+        lines.append(f"reranked: k={settings['k']}, alpha={settings['alpha']:g}, shortlist={settings['shortlist']}")
     return "\n".join(lines)
+
+
+def change(before: float, after: float) -> str:
+    return f"{(after / before - 1) * 100:+.0f}%" if before else "n/a"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -208,8 +258,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tuned.to(device)
     base = base_head(tuned, run.base_top_file)
     cache_dir = None if args.no_cache else Path(args.cache_dir)
+    rerank = rerank_settings(args)
+    largest = max(images.classes.count(name) for name in images.class_names)
+    if rerank is not None and largest - 1 > min(rerank.shortlist, len(images) - 1):
+        print(f"warning: the largest class has {largest - 1} other images, more than the re-rank shortlist "
+              f"({rerank.shortlist}): the metrics' results past it keep their raw order (as a store serves them); "
+              f"--rerank-shortlist {largest} re-ranks them all", file=sys.stderr)  # fmt: skip
     results = evaluate_base_and_tuned(
-        images, tuned, base, args.sample_size, args.batch_size, args.seed, run.servable_dir, cache_dir
+        images, tuned, base, args.sample_size, args.batch_size, args.seed, run.servable_dir, cache_dir, rerank
     )
     seen = set(run.info["classes"]["train"]) & set(images.class_names)
     report = {
@@ -222,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sample_size": args.sample_size,
         "model_version": run.model_version,
     }
+    if rerank is not None:
+        report["rerank"] = {**rerank.as_dict(), "largest_class": largest}
     write_json_atomic(run_dir / "eval.json", report)
     if args.plot:
         plot(report, run_dir / "metrics.png")

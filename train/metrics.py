@@ -5,15 +5,21 @@ Learning Reality Check", 2020) are `GroupMetric`s too, so Quaterion's `Evaluator
 Every metric sees a distance matrix [queries, gallery] whose self-match is pushed to the end and
 labels marking same-group items (self excluded); queries whose group has no other member are
 skipped, since nothing relevant exists to retrieve.
+
+`RerankedGroupSampler` measures re-ranked search (`train.evaluate --rerank`): each query's
+shortlist is re-ordered by core/rerank.py, the function every gallery store serves with.
 """
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 from quaterion.eval.group import GroupMetric, RetrievalRPrecision
 from quaterion.eval.samplers.group_sampler import GroupSampler
+
+from core.rerank import RerankSettings, rerank_many
 
 
 def _sorted_relevance(distance_matrix: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,3 +85,58 @@ class SelfMaskedGroupSampler(GroupSampler):
     def reset(self) -> None:
         super().reset()
         self._indices = None
+
+
+def reranked_shortlists(
+    embeddings: np.ndarray, queries: np.ndarray, settings: RerankSettings, chunk: int = 256
+) -> np.ndarray:
+    """Gallery indices [Q, S] of each query's shortlist in re-ranked order, as a store serves it:
+    the S = min(shortlist, N - 1) rows most similar by cosine, the query's own row left out (ties:
+    lower index first, as clients/search.py's exact_top_k), re-ordered by core/rerank.py."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), np.float32(1e-12))
+    length = min(settings.shortlist, len(unit) - 1)
+    result = np.zeros((len(queries), max(length, 0)), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        rows = np.asarray(queries[start : start + chunk])
+        similarity = unit[rows] @ unit.T
+        similarity[np.arange(len(rows)), rows] = -np.inf  # never its own result
+        shortlist = np.argsort(-similarity, axis=1, kind="stable")[:, :length]
+        order, _ = rerank_many(unit[rows], unit[shortlist], settings)
+        result[start : start + len(rows)] = np.take_along_axis(shortlist, order, axis=1)
+    return result
+
+
+def put_first(distance_matrix: torch.Tensor, shortlists: np.ndarray) -> torch.Tensor:
+    """The distances with each row's shortlist moved, in its order, before every other item (-S
+    ... -1, below any cosine distance); the others keep their distances, hence their order."""
+    moved = distance_matrix.clone()
+    if shortlists.shape[1]:
+        index = torch.as_tensor(shortlists, device=moved.device)
+        rows = torch.arange(len(index), device=moved.device).unsqueeze(1)
+        ranks = torch.arange(-index.shape[1], 0, device=moved.device, dtype=moved.dtype)
+        moved[rows, index] = ranks.expand(len(index), -1)
+    return moved
+
+
+class RerankedGroupSampler(SelfMaskedGroupSampler):
+    """`SelfMaskedGroupSampler` whose queries' shortlists are re-ranked (core/rerank.py) before
+    any metric sees them: the metrics then score the order a re-ranking store serves. Items past
+    the shortlist keep their raw order, as a store serves results past its shortlist."""
+
+    def __init__(self, settings: RerankSettings, sample_size: int = -1, encode_batch_size: int = 64, seed: int = 42,
+                 **kwargs):  # fmt: skip
+        super().__init__(sample_size=sample_size, encode_batch_size=encode_batch_size, seed=seed, **kwargs)
+        self.settings = settings
+        self._shortlists: np.ndarray | None = None  # computed once for every metric of a run
+
+    def sample(self, dataset, metric: GroupMetric, model) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, distance_matrix = super().sample(dataset, metric, model)
+        if self._shortlists is None:
+            embeddings = self.accumulator.embeddings.detach().float().cpu().numpy()
+            self._shortlists = reranked_shortlists(embeddings, self._indices.cpu().numpy(), self.settings)
+        return labels, put_first(distance_matrix, self._shortlists)
+
+    def reset(self) -> None:
+        super().reset()
+        self._shortlists = None

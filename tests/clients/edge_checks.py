@@ -22,6 +22,7 @@ from clients.api import ClientError
 from clients.gallery import Gallery
 from clients.metadata import matches, parse_where, row_id
 from clients.store import open_store
+from core.rerank import RerankSettings
 
 MAKES = ("Audi", "BMW", "Volvo", "Land Rover")
 CONDITIONS = [
@@ -313,6 +314,47 @@ def check_recommendations_are_qdrants_sum_scores_and_match_the_file_store(tmp: P
         one_line_error(lambda t=target: t.recommend([str(uuid.uuid4())]), "no gallery row with id")
         one_line_error(lambda t=target: t.recommend([], [ids[1]]), "at least one positive example")
         one_line_error(lambda t=target: t.recommend([ids[1]], [ids[1]]), "both a positive and a negative")
+    store.close()
+
+
+RERANK = RerankSettings(k=3, alpha=3.0, shortlist=40)
+
+
+def same_reranked(got: list, want: list) -> None:
+    """The same rows in the same order, with the same raw and re-rank scores."""
+    assert [h.id for h in got] == [h.id for h in want], ([h.id for h in got], [h.id for h in want])
+    for a, b in zip(got, want, strict=True):
+        assert abs(a.score - b.score) < 1e-4, (a, b)
+        assert (a.rerank_score is None) == (b.rerank_score is None), (a, b)  # None: past the shortlist
+        assert a.rerank_score is None or abs(a.rerank_score - b.rerank_score) < 1e-4, (a, b)
+
+
+def check_reranked_results_match_the_file_store(tmp: Path) -> None:
+    """Re-ranking (core/rerank.py through clients.store.reranked) gives the file store's answer,
+    with filters, grouping and recommendations, and it does change the order."""
+    vectors, paths, labels, extra, reference = listing_rows()
+    store = open_store(f"qdrant://{tmp / 'rerank'}", create=("v1", 32))
+    store.add(vectors, paths, labels, extra)
+    ids = [row["id"] for row in reference.rows]
+    changed = 0
+    for query in unit_rows(6, 32, seed=11):
+        for where in ((), (parse_where("make=Audi"),), (parse_where("year>=2008"), parse_where("make!=BMW"))):
+            want = reference.search(query, 10, where, rerank=RERANK)
+            same_reranked(store.search(query, 10, where, rerank=RERANK), want)
+            assert all(matches(h.metadata, where) for h in want)
+            changed += [h.id for h in want] != [h.id for h in reference.search(query, 10, where)]
+        for field, k in (("listing", 5), ("model", 3)):
+            want = reference.search_groups(query, k, (), field, rerank=RERANK)
+            same_reranked(store.search_groups(query, k, (), field, rerank=RERANK), want)
+            assert len({h.metadata[field] for h in want}) == len(want) == k
+    assert changed >= 3, changed
+    for positive, negative, photos in RECOMMENDATIONS:
+        pos, neg = [ids[i] for i in positive], [ids[i] for i in negative]
+        photo = vectors[photos] if photos else None
+        for where, group_by in (((), None), ((parse_where("make=Audi"),), None), ((), "listing")):
+            want = reference.recommend(pos, neg, photo, 6, where, group_by, rerank=RERANK)
+            same_reranked(store.recommend(pos, neg, photo, 6, where, group_by, rerank=RERANK), want)
+            assert not {h.id for h in want} & set(pos + neg) and len(want) == 6
     store.close()
 
 

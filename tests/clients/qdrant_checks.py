@@ -519,6 +519,40 @@ def check_copy_edge_to_a_server_and_back(tmp: Path) -> None:
         assert_contract(standin)
 
 
+def check_reranked_results_match_the_file_store_and_edge(tmp: Path) -> None:
+    """Re-ranked searches, groups and recommendations through qdrant-client (the shortlist fetched
+    with its vectors) give what the file store and Qdrant Edge give (the stand-in applies no
+    filter, so filtered re-ranks are checked through Edge: edge_checks.py)."""
+    vectors, paths, labels, extra, gallery = edge_checks.listing_rows()
+    ids = [row["id"] for row in gallery.rows]
+    rerank = edge_checks.RERANK
+    edge = open_store(f"qdrant://{tmp / 'edge'}", create=("v1", DIM))
+    edge.add(vectors, paths, labels, extra)
+    with StandIn() as standin:
+        store = open_store(standin.location("cars"), create=("v1", DIM))
+        store.add(vectors, paths, labels, extra)
+        for query in unit_rows(4, DIM, seed=11):
+            want = gallery.search(query, 10, rerank=rerank)
+            assert [h.id for h in want] != [h.id for h in gallery.search(query, 10)]  # the re-rank changed it
+            for other in (store, edge):
+                edge_checks.same_reranked(other.search(query, 10, rerank=rerank), want)
+            want = gallery.search_groups(query, 5, (), "listing", rerank=rerank)
+            for other in (store, edge):
+                edge_checks.same_reranked(other.search_groups(query, 5, (), "listing", rerank=rerank), want)
+        sent = standin.calls("POST", "/collections/cars/points/query")[0].body
+        assert sent["limit"] == rerank.shortlist and sent["with_vector"] is True
+        for positive, negative, photos in edge_checks.RECOMMENDATIONS:
+            pos, neg = [ids[i] for i in positive], [ids[i] for i in negative]
+            photo = vectors[photos] if photos else None
+            for group_by in (None, "listing"):
+                want = gallery.recommend(pos, neg, photo, 6, (), group_by, rerank=rerank)
+                for other in (store, edge):
+                    edge_checks.same_reranked(other.recommend(pos, neg, photo, 6, (), group_by, rerank=rerank), want)
+        assert not standin.calls("POST", "/collections/cars/points/query/groups")  # grouped from the re-ranked list
+        assert_contract(standin)
+    edge.close()
+
+
 CHECKS = {name: function for name, function in sorted(globals().items()) if name.startswith("check_")}
 
 

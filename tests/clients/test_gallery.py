@@ -108,3 +108,31 @@ def test_updates_and_deletes_are_written_through_and_reload(tmp_path):
     query = stored.embeddings[0]
     assert [h.id for h in reloaded.search(query, 3)] == [h.id for h in stored.search(query, 3)]
     assert reloaded.update(first, {"listing": None}) is not None and "listing" not in Gallery.load(path).get(first)
+
+
+def test_rerank_reorders_the_raw_shortlist_and_keeps_raw_scores():
+    """The file store's re-rank is core/rerank.py on its own top `shortlist` (filters applied):
+    scores stay raw cosines, rerank_score orders; past the shortlist the raw order follows."""
+    from clients.metadata import parse_where
+    from core.rerank import RerankSettings, rerank
+
+    gallery, vectors = random_gallery(n=200, dim=8)
+    settings = RerankSettings(k=3, alpha=3.0, shortlist=20)
+    changed = False
+    for q in range(10):
+        query = vectors[q]
+        for where in ((), (parse_where("label!=class1"),)):
+            raw = gallery.search(query, 20, where)
+            order, scores = rerank(query, vectors[[int(h.path[5:-4]) for h in raw]], settings)
+            hits = gallery.search(query, 12, where, rerank=settings)
+            assert [h.id for h in hits] == [raw[i].id for i in order[:12]]
+            assert [h.rerank_score for h in hits] == pytest.approx(scores[:12].tolist())
+            assert [h.score for h in hits] == [raw[i].score for i in order[:12]]  # raw cosine kept
+            assert all(h.label != "class1" for h in hits) or not where
+            changed |= [h.id for h in hits] != [h.id for h in raw[:12]]
+            longer = gallery.search(query, 30, where, rerank=settings)  # top_k past the shortlist
+            assert {h.id for h in longer[:20]} == {h.id for h in raw}
+            assert [h.id for h in longer[20:]] == [h.id for h in gallery.search(query, 30, where)[20:]]
+            assert all(h.rerank_score is None for h in longer[20:])
+    assert changed
+    assert all(h.rerank_score is None for h in gallery.search(vectors[0], 5))  # not asked: not re-ranked

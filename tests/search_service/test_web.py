@@ -361,3 +361,43 @@ def test_a_person_searches_the_way_people_search_in_a_real_browser(browser, cali
 def ids_of(answer: requests.Response) -> list[str]:
     assert answer.status_code == 200, answer.text
     return [r["id"] for r in answer.json()["results"]]
+
+
+def test_the_re_rank_switch_re_runs_the_search_and_stays_in_the_url(browser, page, cars):
+    """"Re-rank results" (off by default here: the service's default) re-runs the search with
+    rerank=true when switched by keyboard, shows what the API re-ranks, and a "more like this"
+    URL keeps it."""
+    from playwright.sync_api import expect
+
+    tab = browser.new_page(viewport={"width": 390, "height": 844})
+    tab.goto(page)
+    tab.wait_for_selector("text=30 gallery cars")
+    switch = tab.get_by_label("Re-rank results")
+    expect(switch).to_be_visible()
+    expect(switch).not_to_be_checked()
+    photo = held_out(cars, "002_Audi_TT_Coupe_2012")
+    tab.set_input_files("#file", str(photo))
+    expect(tab.locator("#status")).to_have_text("12 results")
+    assert card_ids(tab) == ids_of(search(page, photo.read_bytes(), k=12, rerank="false"))
+    switch.focus()
+    with tab.expect_request(lambda r: "rerank=true" in r.url):
+        tab.keyboard.press("Space")
+    expect(tab.locator("#status")).to_have_text("12 results, re-ranked")
+    reranked = search(page, photo.read_bytes(), k=12, rerank="true")
+    assert card_ids(tab) == ids_of(reranked) and all("rerank_score" in r for r in reranked.json()["results"])
+    chosen = card_ids(tab)[0]
+    tab.locator("#results .card").first.get_by_role("button", name="More like this").click()
+    expect(tab.locator("#results h2")).to_contain_text("More like the chosen car")
+    assert f"similar={chosen}" in tab.url and "rerank=1" in tab.url
+    shared = browser.new_page()
+    shared.goto(tab.url)
+    expect(shared.locator("#status")).to_have_text("12 results, re-ranked")
+    expect(shared.get_by_label("Re-rank results")).to_be_checked()
+    similar = requests.get(f"{page}/similar/{chosen}", params={"k": 12, "rerank": "true"}, timeout=60)
+    assert card_ids(shared) == ids_of(similar)
+    shared.close()
+    switch.click()  # off again: the plain order, and the URL no longer says rerank
+    expect(tab.locator("#status")).to_have_text("12 results")
+    assert "rerank" not in tab.url
+    assert card_ids(tab) == ids_of(requests.get(f"{page}/similar/{chosen}", params={"k": 12}, timeout=60))
+    assert tab.evaluate("document.body.scrollWidth") <= 390

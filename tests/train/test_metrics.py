@@ -68,3 +68,34 @@ def test_quaterions_own_sampler_misses_self_matches():
     random.seed(0)
     labels, distances = GroupSampler(sample_size=-1, log_progress=False).sample(dataset, PrecisionAt1(), model)
     assert PrecisionAt1().raw_compute(distances, labels) < 0.9
+
+
+def test_reranked_sampler_puts_each_shortlist_first_in_the_order_core_rerank_gives():
+    """train.evaluate --rerank: each query's top-S (itself left out) comes first, ordered by
+    core/rerank.py exactly as a store serves it; the rest keep their raw order, the query last."""
+    import numpy as np
+
+    from core.rerank import RerankSettings, rerank
+    from train.metrics import RerankedGroupSampler
+
+    torch.manual_seed(1)
+    groups = torch.arange(4).repeat_interleave(6)
+    embeddings = torch.eye(8)[groups] + 0.6 * torch.randn(24, 8)
+    settings = RerankSettings(k=2, alpha=3.0, shortlist=6)
+    sampler = RerankedGroupSampler(settings, sample_size=-1, encode_batch_size=8, log_progress=False)
+    sampler.accumulator.update(embeddings, groups)
+    sampler.accumulator.set_filled()
+    labels, distances = sampler.sample(None, PrecisionAt1(), None)
+    unit = torch.nn.functional.normalize(embeddings, dim=1).numpy()
+    changed = 0
+    for query in range(24):
+        similarity = unit @ unit[query]
+        similarity[query] = -np.inf
+        raw = np.argsort(-similarity, kind="stable")
+        order, _ = rerank(unit[query], unit[raw[:6]], settings)
+        ranked = torch.argsort(distances[query], stable=True).numpy()
+        assert ranked[:6].tolist() == raw[:6][order].tolist()
+        assert set(ranked[6:-1].tolist()) == set(raw[6:-1].tolist()) and ranked[-1] == query
+        changed += ranked[:6].tolist() != raw[:6].tolist()
+    assert changed > 0
+    assert 0 <= PrecisionAt1().raw_compute(distances, labels) <= 1
