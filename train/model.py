@@ -3,8 +3,10 @@
 The seed recipe is Quaterion's Stanford Cars tutorial: frozen backbone, `SkipConnectionHead`,
 `TripletLoss`. `trainable_blocks=N` moves the backbone's last N stages into the head
 (`TopStagesHead`), trained at `backbone_lr`; other Quaterion losses and its cross-batch memory
-are options. `head="whitening"` replaces the trained head by `WhiteningHead`, fitted in closed form
-on the one epoch's (cached) encoder outputs: nothing is optimised (the whitened recipe).
+are options, and so is Proxy-Anchor (`--loss proxy_anchor`), whose per-class proxies are
+parameters of the loss, optimised in a group of their own at `proxy_lr`. `head="whitening"`
+replaces the trained head by `WhiteningHead`, fitted in closed form on the one epoch's (cached)
+encoder outputs: nothing is optimised (the whitened recipe).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from quaterion_models.heads import EncoderHead, SkipConnectionHead
 from quaterion_models.model import DEFAULT_ENCODER_KEY
 
 from core.encoders import CarsEncoder
+from core.ensemble import EnsembleEncoder, create_encoder
 from core.errors import UsageError
 from core.heads import TopStagesHead, WhiteningHead
 from core.preprocessing import Preprocessing
@@ -43,6 +46,7 @@ class CarsModel(TrainableModel):
         backbone: str,
         weights: str,
         preprocessing: Preprocessing,
+        input_size: int | None = None,
         lr: float = 3e-3,
         mining: str = "hard",
         margin: float | None = None,
@@ -57,9 +61,14 @@ class CarsModel(TrainableModel):
         head: str = "skip",
         flip_average: bool = False,
         whitening_shrinkage: float = 0.3,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        proxy_lr: float = 1e-2,
+        proxy_alpha: float = 32.0,
     ):
         # Quaterion's __init__ calls the configure_* hooks, so they read these attributes.
         self._backbone, self._weights, self._preprocessing = backbone, weights, preprocessing
+        self._input_size = input_size  # an ensemble's members' sizes derive from it (core/ensemble.py)
         self._lr, self._backbone_lr = lr, backbone_lr
         self._mining = mining
         self._margin = margin
@@ -70,6 +79,8 @@ class CarsModel(TrainableModel):
         self._xbm = xbm
         self._pretrained_branch = pretrained_branch
         self._head_name, self._flip_average, self._shrinkage = head, flip_average, whitening_shrinkage
+        self._optimizer, self._weight_decay = optimizer, weight_decay
+        self._proxy_lr, self._proxy_alpha = proxy_lr, proxy_alpha
         # --head whitening: the training embeddings and class ids of the one pass it is fitted on.
         self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         # configure_encoders leaves the pretrained top stages here for configure_head (a dict, so
@@ -78,9 +89,11 @@ class CarsModel(TrainableModel):
         self.base_top_state: dict[str, torch.Tensor] | None = None
         super().__init__()
 
-    def configure_encoders(self) -> CarsEncoder:
+    def configure_encoders(self) -> CarsEncoder | EnsembleEncoder:
         if not self._trainable_blocks:
-            return CarsEncoder.create(self._backbone, self._weights, self._preprocessing, self._flip_average)
+            return create_encoder(
+                self._backbone, self._weights, self._preprocessing, self._flip_average, self._input_size
+            )
         encoder, top, size = CarsEncoder.create_split(
             self._backbone, self._weights, self._preprocessing, self._trainable_blocks
         )
@@ -110,7 +123,22 @@ class CarsModel(TrainableModel):
         return head
 
     def configure_loss(self) -> SimilarityLoss:
-        return make_loss(self._loss_name, self._margin, self._mining, self.model.head.output_size, self._num_classes)
+        return make_loss(
+            self._loss_name, self._margin, self._mining, self.model.head.output_size, self._num_classes,
+            proxy_alpha=self._proxy_alpha,
+        )  # fmt: skip
+
+    def backbone_stages(self) -> list[torch.nn.Parameter]:
+        """The fine-tuned backbone stages' parameters (none with a frozen backbone): what trains at
+        `backbone_lr` and what `train.callbacks.WarmUpFrozenBackbone` holds still at first."""
+        head = self.model.head
+        return list(head.top.parameters()) if isinstance(head, TopStagesHead) else []
+
+    def proxies(self) -> list[torch.nn.Parameter]:
+        """Proxy-Anchor's per-class proxies. Quaterion's PytorchMetricLearningWrapper keeps the
+        pytorch-metric-learning loss as a submodule, so they are the wrapper's parameters; it adds
+        no optimiser of its own: this model's configure_optimizers gives them their group."""
+        return list(self.loss.parameters()) if self._loss_name == "proxy_anchor" else []
 
     @property
     def fitted_in_closed_form(self) -> bool:
@@ -136,14 +164,19 @@ class CarsModel(TrainableModel):
     def configure_optimizers(self) -> torch.optim.Optimizer | None:
         if self.fitted_in_closed_form:
             return None
-        head = self.model.head
-        backbone_params = list(head.top.parameters()) if isinstance(head, TopStagesHead) else []
-        backbone_ids = {id(p) for p in backbone_params}
-        # The loss may learn too: ArcFace's and Softmax's class centres.
-        rest = [p for p in [*self.model.parameters(), *self.loss.parameters()] if id(p) not in backbone_ids]
+        backbone_params, proxies = self.backbone_stages(), self.proxies()
+        own_group = {id(p) for p in [*backbone_params, *proxies]}
+        # The loss may learn too: ArcFace's and Softmax's class centres (at the head's rate).
+        rest = [p for p in [*self.model.parameters(), *self.loss.parameters()] if id(p) not in own_group]
         groups = [{"params": [p for p in rest if p.requires_grad], "lr": self._lr}]
+        # All backbone stages, even while a warm-up holds them frozen (requires_grad False): the
+        # optimiser is built once, so they must be in it to learn once the warm-up ends.
         if backbone_params:
             groups.append({"params": backbone_params, "lr": self._backbone_lr})
+        if proxies:
+            groups.append({"params": proxies, "lr": self._proxy_lr})
+        if self._optimizer == "adamw":
+            return torch.optim.AdamW(groups, weight_decay=self._weight_decay)
         return torch.optim.Adam(groups)
 
     def configure_caches(self) -> CacheConfig | None:
@@ -156,7 +189,9 @@ class CarsModel(TrainableModel):
         return AttachedMetric("rrp", RetrievalRPrecision(), prog_bar=True, on_epoch=True, on_step=False)
 
 
-def make_loss(name: str, margin: float | None, mining: str, embedding_size: int, num_classes: int) -> SimilarityLoss:
+def make_loss(
+    name: str, margin: float | None, mining: str, embedding_size: int, num_classes: int, proxy_alpha: float = 32.0
+) -> SimilarityLoss:
     """The loss named by --loss; `margin=None` keeps each loss's own default margin."""
     margin_kw = {} if margin is None else {"margin": margin}
     if name == "triplet":
@@ -173,6 +208,8 @@ def make_loss(name: str, margin: float | None, mining: str, embedding_size: int,
         return FastAPLoss()
     if name == "multi_similarity":
         return multi_similarity_loss()
+    if name == "proxy_anchor":
+        return proxy_anchor_loss(num_classes, embedding_size, 0.1 if margin is None else margin, proxy_alpha)
     raise UsageError(f"Unknown loss {name!r}. Choose one of: {', '.join(LOSSES)}")
 
 
@@ -185,6 +222,22 @@ def multi_similarity_loss() -> SimilarityLoss:
 
     return PytorchMetricLearningWrapper(
         losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), miners.MultiSimilarityMiner(epsilon=0.1)
+    )
+
+
+def proxy_anchor_loss(num_classes: int, embedding_size: int, margin: float, alpha: float) -> SimilarityLoss:
+    """Kim et al.'s Proxy-Anchor loss (CVPR 2020), from pytorch-metric-learning through Quaterion's
+    wrapper: one trainable proxy per training class, which pulls its class's embeddings in the
+    batch and pushes all others, so each step relates the batch to every class, not only to the
+    few pairs a batch holds. No miner: it weighs the pairs itself. Class ids must be
+    0..num_classes-1, as train.train numbers them."""
+    from pytorch_metric_learning import losses
+    from quaterion.loss.extras import PytorchMetricLearningWrapper
+
+    if num_classes < 2:
+        raise UsageError(f"--loss proxy_anchor needs at least 2 training classes, got {num_classes}")
+    return PytorchMetricLearningWrapper(
+        losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_size, margin=margin, alpha=alpha)
     )
 
 

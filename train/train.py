@@ -32,11 +32,12 @@ from torch.utils.data import Dataset
 
 from core.cli import progress_shown
 from core.encoders import weights_identity
+from core.ensemble import is_ensemble, member_preprocessings, preprocessing_for
 from core.errors import UsageError, run_cli
 from core.preprocessing import Preprocessing, training_augmentation
 from core.run import BASE_TOP_FILE, Run
 from train.cache import CacheDirectory, PublishCache, cache_fingerprint
-from train.callbacks import SELECT_BY_METRIC, KeepBestHead, SeedAtFitStart
+from train.callbacks import SELECT_BY_METRIC, KeepBestHead, SeedAtFitStart, WarmUpFrozenBackbone
 from train.checkpoints import RunCheckpoints
 from train.config import TrainConfig, get_args_parser  # noqa: F401  (get_args_parser: this CLI's parser)
 from train.data import (
@@ -98,6 +99,11 @@ def encoder_identity(config: TrainConfig) -> dict[str, Any]:
         identity["trainable_blocks"] = config.trainable_blocks  # the cache then holds the trunk's feature maps
     if config.flip_average:
         identity["flip_average"] = True  # the cache then holds mirror-averaged features
+    if is_ensemble(config.backbone):  # each member's own preprocessing, beyond the shared canvas
+        identity["members"] = [
+            pre.to_dict()
+            for pre in member_preprocessings(config.backbone, config.weights, config.input_size, config.input_aspect)
+        ]
     return identity
 
 
@@ -149,6 +155,7 @@ def make_model(
         backbone=config.backbone,
         weights=config.weights,
         preprocessing=preprocessing,
+        input_size=config.input_size,
         lr=config.lr,
         mining=config.mining,
         margin=config.margin,
@@ -162,6 +169,10 @@ def make_model(
         head=config.head,
         flip_average=config.flip_average,
         whitening_shrinkage=config.whitening_shrinkage,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        proxy_lr=config.proxy_lr,
+        proxy_alpha=config.proxy_alpha,
     )
 
 
@@ -228,13 +239,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     splits = prepare_splits(config)
     class_ids = {name: i for i, name in enumerate(splits.classes.train)}
     pl.seed_everything(config.seed, workers=True)
-    preprocessing = Preprocessing(input_size=config.input_size, input_aspect=config.input_aspect)
+    preprocessing = preprocessing_for(config.backbone, config.weights, config.input_size, config.input_aspect)
     cache = encoder_cache(config, splits, preprocessing)
     loaders = make_loaders(config, splits, class_ids, preprocessing.shape, cached=cache is not None)
     model = make_model(config, preprocessing, cache, len(class_ids), len(loaders.train))
 
     best = KeepBestHead(config.select_by)
     callbacks: list[pl.Callback] = [best, SeedAtFitStart(config.seed), checkpoints.callback()]
+    if config.warmup_epochs and config.trainable_blocks:
+        callbacks.append(WarmUpFrozenBackbone(config.warmup_epochs))
     if loaders.val is not None:
         monitor, higher_is_better = SELECT_BY_METRIC[config.select_by]
         callbacks.append(EarlyStopping(monitor, patience=config.patience, mode="max" if higher_is_better else "min"))

@@ -155,6 +155,7 @@ def test_fine_tuned_run_serves_and_evaluates_against_the_pretrained_network(synt
         ["--loss", "fast_ap", "--fold", "2"],
         ["--loss", "triplet", "--trainable-blocks", "1", "--sampler", "balanced", "--augment-copies", "2"],
         ["--loss", "multi_similarity", "--trainable-blocks", "1", "--pretrained-branch", "--sampler", "balanced"],
+        ["--loss", "proxy_anchor", "--optimizer", "adamw", "--margin", "0.2"],
     ],
     ids=lambda extra: "-".join(a.lstrip("-") for a in extra[:2] + extra[-2:-1]),
 )
@@ -203,10 +204,11 @@ def test_a_recipe_conflict_names_the_recipe(capsys, tmp_path, synthetic_data):
 
 @pytest.mark.slow
 def test_the_gpu_recipe_runs_tiny_on_a_cpu(synthetic_data, tmp_path):
-    """`--recipe full` (what `auto` picks on a GPU): every stage fine-tuned on fresh views, no cache."""
+    """`--recipe full` (what `auto` picks on a GPU): every stage fine-tuned on fresh views, no cache,
+    Proxy-Anchor and AdamW after a warm-up epoch (2 epochs: the warm-up and one that tunes)."""
     result = run_module(
         "train.train", "--data", str(synthetic_data), "--out", str(tmp_path / "run"), "--recipe", "full",
-        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "1",
+        "--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--epochs", "2",
         "--loader-workers", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -214,6 +216,8 @@ def test_the_gpu_recipe_runs_tiny_on_a_cpu(synthetic_data, tmp_path):
     assert run["recipe"]["name"] == "full" and run["recipe"]["settings"]["trainable_blocks"] == 4
     assert run["args"]["trainable_blocks"] == 4 and run["args"]["augment"] and run["args"]["no_cache"]
     assert run["args"]["recipe"] == "full" and run["cache"]["fingerprint"] is None
+    assert (run["args"]["loss"], run["args"]["optimizer"], run["args"]["warmup_epochs"]) == ("proxy_anchor", "adamw", 1)
+    assert run["metrics"]["epochs_run"] == 2
     images = [load_image(p) for p in sorted(synthetic_data.rglob("*.jpg"))[:2]]
     embeddings = Embedder.load(tmp_path / "run").embed(images)
     assert embeddings.shape == (2, 512) and np.isfinite(embeddings).all()
