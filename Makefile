@@ -55,7 +55,7 @@ help:
 	@echo "make client-install  create $(CLIENT_VENV) for the thin clients (+ Qdrant, + the web page's FastAPI)"
 	@echo "make synthetic  generate data/synthetic (SYNTHETIC shapes, for the demo)"
 	@echo "make constraints  re-freeze requirements/constraints.txt from $(VENV)"
-	@echo "make train      DATA=DIR RUN=DIR [RECIPE=whitened|seed|finetune|full BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= OVERWRITE=1 TRAIN_ARGS=]"
+	@echo "make train      DATA=DIR RUN=DIR [RECIPE=ensemble|whitened|seed|finetune|full BACKBONE= WEIGHTS= INPUT_SIZE= EPOCHS= LR= OVERWRITE=1 TRAIN_ARGS=]"
 	@echo "make evaluate   RUN=DIR DATA=DIR: base vs tuned on the held-out classes"
 	@echo "make archive    RUN=DIR: pack the run into model_store/cars.mar"
 	@echo "make serve      [PORT=8080] start TorchServe on 127.0.0.1:PORT..PORT+2, wait until the model is ready"

@@ -66,16 +66,29 @@ def _timm():
 
 def timm_config(name: str) -> dict[str, Any]:
     """The pretrained config of timm model `timm/NAME`: input size, mean, std, interpolation, classifier."""
-    config = _timm().models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+    try:
+        config = _timm().models.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX))
+    except RuntimeError as error:  # e.g. "Invalid pretrained tag (bogus) for resnet50"
+        raise UsageError(f"--backbone {name}: {one_line(error)}") from None
     return config.to_dict() if config is not None else {}
+
+
+def _timm_model(name: str, pretrained: bool) -> tuple[nn.Module, str, int]:
+    """A timm model without its classifier: (model, classifier attribute, embedding size). With
+    num_classes=0 timm returns the pre-logits, `head_hidden_size` wide where the head has a hidden
+    layer (MobileNetV3, GhostNet, ...), else `num_features`."""
+    model = _timm().create_model(name.removeprefix(TIMM_PREFIX), pretrained=pretrained, num_classes=0)
+    classifier = timm_config(name).get("classifier") or "classifier"
+    if not isinstance(classifier, str):  # distilled models name two heads
+        classifier = classifier[0]
+    return model, classifier, getattr(model, "head_hidden_size", None) or model.num_features
 
 
 def architecture(name: str) -> tuple[nn.Module, str, int]:
     """The untrained network of backbone `name`: (model with its classifier removed, the classifier's
     attribute name, the embedding size). What saved weights load into."""
     if is_timm(name):
-        model = _timm().create_model(name.removeprefix(TIMM_PREFIX), pretrained=False, num_classes=0)
-        return model, timm_config(name).get("classifier") or "classifier", model.num_features
+        return _timm_model(name, pretrained=False)
     model = torchvision.models.get_model(name, weights=None)
     classifier, size = _strip_classifier(model)
     return model, classifier, size
@@ -141,6 +154,7 @@ def check_backbone(name: str) -> None:
         model = name.removeprefix(TIMM_PREFIX)
         if not _timm().is_model(model):
             raise UsageError(f"Unknown timm model {model!r} (python -c \"import timm; print(timm.list_models())\")")
+        timm_config(name)  # a model name with an unknown pretrained tag fails here, before any data is read
         return
     if name not in available_backbones():
         raise UsageError(
@@ -192,8 +206,7 @@ def _download(name: str) -> tuple[nn.Module, str, int]:
     )
     try:
         if is_timm(name):
-            model = _timm().create_model(name.removeprefix(TIMM_PREFIX), pretrained=True, num_classes=0)
-            return model, timm_config(name).get("classifier") or "classifier", model.num_features
+            return _timm_model(name, pretrained=True)
         model = torchvision.models.get_model(name, weights=torchvision.models.get_model_weights(name).DEFAULT)
     except Exception as error:  # URLError is an OSError; huggingface_hub raises its own kinds
         raise UsageError(f"cannot download the pretrained weights of {name} ({one_line(error)}); {hint}") from None
@@ -370,6 +383,24 @@ def member_preprocessing(name: str, weights: str, input_size: int | None, input_
     )  # fmt: skip
 
 
+def check_input_shape(model: nn.Module, backbone: str, preprocessing: Preprocessing) -> None:
+    """One forward pass at the input shape, so that a network built for one size (a ViT, Swin)
+    fails now, in one line, rather than after the data is read."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *preprocessing.shape))
+    except (AssertionError, RuntimeError, ValueError) as error:
+        height, width = preprocessing.shape
+        raise UsageError(
+            f"{backbone} cannot take {height}x{width} inputs ({one_line(error)}); "
+            "give it its own size with --input-size N --input-aspect 1"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 class CarsEncoder(Encoder):
     """Frozen image backbone (or its trunk) whose collate function applies the saved preprocessing."""
 
@@ -395,6 +426,7 @@ class CarsEncoder(Encoder):
         cls, backbone: str, weights: str, preprocessing: Preprocessing, flip_average: bool = False
     ) -> CarsEncoder:
         model, _, size = build_backbone(backbone, weights)
+        check_input_shape(model, backbone, preprocessing)
         return cls(backbone, model, size, preprocessing, flip_average=flip_average)
 
     @classmethod

@@ -106,8 +106,9 @@ class TrainConfig:
     flip_average: bool = option(
         "model",
         "embed each image as the mean of its and its mirror image's backbone features (frozen backbone only; "
-        "twice the backbone's compute in training and serving)",
+        "twice the backbone's compute in training and serving; --no-flip-average turns a recipe's off)",
         False,
+        negatable=True,
     )
     whitening_shrinkage: float = option(
         "model", "with --head whitening: share of the identity blended into the within-class scatter, in (0, 1]", 0.3
@@ -115,8 +116,9 @@ class TrainConfig:
     # training
     recipe: str = option(
         "training",
-        "named settings, scaled to the backbone (flags you set win): whitened = frozen backbone, mirror-averaged "
-        "features and a learned whitening fitted in one pass; seed = Quaterion's tutorial (frozen "
+        "named settings, scaled to the backbone (flags you set win): ensemble = frozen MobileNetV2 + "
+        "EfficientNet-Lite2 side by side on wide inputs, whitened jointly; whitened = frozen MobileNetV2, "
+        "mirror-averaged features and a learned whitening fitted in one pass; seed = Quaterion's tutorial (frozen "
         "backbone); seed-336 = at 336 px; seed-views = with 4 cached augmented views per image; finetune = the "
         f"top third fine-tuned on cached augmented views; full = every stage on fresh views with Proxy-Anchor and "
         f"AdamW after a frozen warm-up epoch (GPU); auto = "
@@ -363,7 +365,7 @@ def get_args_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         aliases = meta.pop("aliases", ())
         kwargs: dict[str, Any] = {"help": help_text, **meta}
         if spec.type in ("bool", bool):
-            kwargs["action"] = "store_true"
+            kwargs["action"] = argparse.BooleanOptionalAction if kwargs.pop("negatable", False) else "store_true"
         else:
             kwargs["type"] = {"int": int, "float": float, "str": str, "float | None": float, "int | None": int}[
                 str(spec.type)

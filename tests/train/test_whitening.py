@@ -79,7 +79,8 @@ def test_whitened_recipe_trains_in_one_pass_and_serves(synthetic_data, tmp_path)
     assert "returned `None`" not in result.stderr  # Lightning's no-optimizer warnings are expected, so hidden
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["recipe"]["name"] == "whitened"
-    assert run["recipe"]["settings"] == WHITENED
+    assert run["recipe"]["settings"] == {**WHITENED, "backbone": "mobilenet_v2"}
+    assert "backbone" in run["recipe"]["overridden_by_flags"]
     assert run["preprocessing"]["input_aspect"] == 1.75  # 32 px high, 56 wide, in training and serving
     assert run["metrics"]["epochs_run"] == 1 and run["metrics"]["best_epoch"] == 0
     assert run["encoder"]["flip_average"] is True  # part of the cache's fingerprint
@@ -121,4 +122,7 @@ def test_bad_whitening_flags_are_refused_in_one_line(capsys, tmp_path, small_dat
 
 def test_the_whitened_recipe_is_frozen_for_every_backbone():
     for backbone in ("mobilenet_v2", "resnet152", "vit_b_16"):
-        assert recipes.resolve("whitened", backbone, frozenset()) == WHITENED
+        # its own backbone unless the user names one (or a weights file, which fits the one they mean)
+        assert recipes.resolve("whitened", backbone, frozenset()) == {**WHITENED, "backbone": "mobilenet_v2"}
+        assert recipes.resolve("whitened", backbone, frozenset({"backbone"})) == WHITENED
+        assert recipes.resolve("whitened", backbone, frozenset({"weights"})) == WHITENED
