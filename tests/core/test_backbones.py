@@ -118,3 +118,17 @@ def test_an_ensemble_cannot_fine_tune_a_member():
     member = CarsEncoder.create_split("resnet18", "none", member_preprocessing("resnet18", "none", 32, 1.0), 1)[0]
     with pytest.raises(UsageError, match="frozen"):
         EnsembleEncoder([member], preprocessing_for("resnet18", "none", 32, 1.0))
+
+
+def test_timm_edge_cases_fail_early_in_one_line_or_just_work():
+    with pytest.raises(UsageError, match="timm/resnet18.bogus"):
+        build_backbone("timm/resnet18.bogus", "none")
+    wide = member_preprocessing("timm/vit_tiny_patch16_224", "none", 224, 1.75)
+    with pytest.raises(UsageError, match="cannot take 224x392 inputs.*--input-aspect 1"):
+        CarsEncoder.create("timm/vit_tiny_patch16_224", "none", wide)
+    # a head with a hidden layer: the embedding is its width (1024), not the trunk's (576)
+    small = member_preprocessing("timm/mobilenetv3_small_100", "none", 64, 1.0)
+    encoder = CarsEncoder.create("timm/mobilenetv3_small_100", "none", small)
+    encoder.eval()
+    with torch.no_grad():
+        assert encoder(small.batch(photos(2))).shape == (2, encoder.embedding_size) == (2, 1024)
