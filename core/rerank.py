@@ -53,9 +53,10 @@ class RerankSettings:
         return asdict(self)
 
 
-# Placeholders until measured: the owner picks k and alpha with bench/rerank_params.py on the
-# training classes of a run, then sets them here (one place: stores, the search page and evaluation).
-DEFAULT = RerankSettings(k=3, alpha=3.0, shortlist=100)
+# Chosen on makes held out inside the training side (docs/quality.md, `python -m bench.backbone_folds
+# --rerank --rerank-k 1,2,3,5 --rerank-alpha 1,3` on the CPU default): the highest R-precision whose
+# P@1 is not below the plain search's. One place: the stores, the search page and evaluation.
+DEFAULT = RerankSettings(k=3, alpha=1.0, shortlist=100)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

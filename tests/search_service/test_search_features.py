@@ -101,18 +101,21 @@ def test_a_region_of_the_photo_is_searched_as_if_it_were_the_photo(pages, cars):
 def test_results_carry_a_calibrated_level_and_can_be_cut_off(pages, cars):
     image = held_out(cars, "002_Audi_TT_Coupe_2012").read_bytes()
     for base in pages.values():
-        answer = search(base, image, k=30).json()
+        answer = search(base, image, k=30, rerank="false").json()  # in raw-score order
         assert answer["calibrated"] is True
         levels = [r["match"] for r in answer["results"]]
         assert set(levels) <= set(LEVELS) and levels == sorted(levels, key=LEVELS.index)  # best first
         tenth, eleventh = answer["results"][9]["score"], answer["results"][10]["score"]
         assert tenth > eleventh
-        above = search(base, image, k=30, min_score=(tenth + eleventh) / 2).json()["results"]
+        above = search(base, image, k=30, min_score=(tenth + eleventh) / 2, rerank="false").json()["results"]
         assert [r["id"] for r in above] == [r["id"] for r in answer["results"][:10]]
         for name in ("likely", "similar"):
-            kept = search(base, image, k=30, min_level=name).json()["results"]
+            kept = search(base, image, k=30, min_level=name, rerank="false").json()["results"]
             wanted = LEVELS[: LEVELS.index(LEVELS[0] if name == "likely" else name) + 1]
             assert [r["id"] for r in kept] == [r["id"] for r in answer["results"] if r["match"] in wanted]
+        # Re-ranked (the default), the floors still apply to the raw score, whatever the order.
+        reranked = search(base, image, k=30, min_score=(tenth + eleventh) / 2).json()["results"]
+        assert {r["id"] for r in reranked} == {r["id"] for r in above}
 
 
 def test_an_uncalibrated_gallery_shows_no_level(page, cars):

@@ -299,7 +299,7 @@ def test_a_person_searches_the_way_people_search_in_a_real_browser(browser, cali
            clip.items.add(file); document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: clip })); }""",
         base64.b64encode(photo).decode(),
     )
-    expect(tab.locator("#status")).to_have_text("12 results")
+    expect(tab.locator("#status")).to_have_text("12 results, re-ranked")  # re-ranked: the default
     api = search(base, photo, k=12).json()["results"]
     assert card_ids(tab) == [r["id"] for r in api]
     level = tab.locator("#results .card .level").first
@@ -318,11 +318,11 @@ def test_a_person_searches_the_way_people_search_in_a_real_browser(browser, cali
     expect(tab.locator("#results .card")).to_have_count(len(similar))
     assert card_ids(tab) == [r["id"] for r in similar] and chosen not in card_ids(tab)
     tab.select_option("#make", "Audi")  # a filter re-runs the search, and goes into the URL
-    expect(tab.locator("#status")).to_have_text("10 results")
+    expect(tab.locator("#status")).to_have_text("10 results, re-ranked")
     assert set(tab.locator("#results .card .label").all_inner_texts()) <= {"Audi A4 Sedan 2008", "Audi TT Coupe 2012"}
     shared = browser.new_page()
     shared.goto(tab.url)
-    expect(shared.locator("#status")).to_have_text("10 results")
+    expect(shared.locator("#status")).to_have_text("10 results, re-ranked")
     assert card_ids(shared) == card_ids(tab) and "make=Audi" in tab.url
     shared.close()
     # A region drawn with the mouse: the page sends it as crop=x,y,w,h and shows what the API finds for it.
@@ -330,7 +330,7 @@ def test_a_person_searches_the_way_people_search_in_a_real_browser(browser, cali
     (tmp_path / "two.png").write_bytes(both)
     tab.select_option("#make", "")
     tab.set_input_files("#file", str(tmp_path / "two.png"))
-    expect(tab.locator("#status")).to_have_text("12 results")
+    expect(tab.locator("#status")).to_have_text("12 results, re-ranked")
     whole = card_ids(tab)
     tab.locator("#photo").scroll_into_view_if_needed()
     area = tab.locator("#photo").bounding_box()
@@ -364,9 +364,9 @@ def ids_of(answer: requests.Response) -> list[str]:
 
 
 def test_the_re_rank_switch_re_runs_the_search_and_stays_in_the_url(browser, page, cars):
-    """"Re-rank results" (off by default here: the service's default) re-runs the search with
-    rerank=true when switched by keyboard, shows what the API re-ranks, and a "more like this"
-    URL keeps it."""
+    """"Re-rank results" (on by default: the service's measured default) re-runs the search with
+    rerank=false when switched off by keyboard, shows what the API answers, and a "more like this"
+    URL keeps the choice."""
     from playwright.sync_api import expect
 
     tab = browser.new_page(viewport={"width": 390, "height": 844})
@@ -374,30 +374,30 @@ def test_the_re_rank_switch_re_runs_the_search_and_stays_in_the_url(browser, pag
     tab.wait_for_selector("text=30 gallery cars")
     switch = tab.get_by_label("Re-rank results")
     expect(switch).to_be_visible()
-    expect(switch).not_to_be_checked()
+    expect(switch).to_be_checked()
     photo = held_out(cars, "002_Audi_TT_Coupe_2012")
     tab.set_input_files("#file", str(photo))
-    expect(tab.locator("#status")).to_have_text("12 results")
-    assert card_ids(tab) == ids_of(search(page, photo.read_bytes(), k=12, rerank="false"))
-    switch.focus()
-    with tab.expect_request(lambda r: "rerank=true" in r.url):
-        tab.keyboard.press("Space")
     expect(tab.locator("#status")).to_have_text("12 results, re-ranked")
     reranked = search(page, photo.read_bytes(), k=12, rerank="true")
     assert card_ids(tab) == ids_of(reranked) and all("rerank_score" in r for r in reranked.json()["results"])
+    switch.focus()
+    with tab.expect_request(lambda r: "rerank=false" in r.url):
+        tab.keyboard.press("Space")
+    expect(tab.locator("#status")).to_have_text("12 results")
+    assert card_ids(tab) == ids_of(search(page, photo.read_bytes(), k=12, rerank="false"))
     chosen = card_ids(tab)[0]
     tab.locator("#results .card").first.get_by_role("button", name="More like this").click()
     expect(tab.locator("#results h2")).to_contain_text("More like the chosen car")
-    assert f"similar={chosen}" in tab.url and "rerank=1" in tab.url
+    assert f"similar={chosen}" in tab.url and "rerank=0" in tab.url
     shared = browser.new_page()
     shared.goto(tab.url)
-    expect(shared.locator("#status")).to_have_text("12 results, re-ranked")
-    expect(shared.get_by_label("Re-rank results")).to_be_checked()
-    similar = requests.get(f"{page}/similar/{chosen}", params={"k": 12, "rerank": "true"}, timeout=60)
+    expect(shared.locator("#status")).to_have_text("12 results")
+    expect(shared.get_by_label("Re-rank results")).not_to_be_checked()
+    similar = requests.get(f"{page}/similar/{chosen}", params={"k": 12, "rerank": "false"}, timeout=60)
     assert card_ids(shared) == ids_of(similar)
     shared.close()
-    switch.click()  # off again: the plain order, and the URL no longer says rerank
-    expect(tab.locator("#status")).to_have_text("12 results")
+    switch.click()  # on again: the default, and the URL no longer says rerank
+    expect(tab.locator("#status")).to_have_text("12 results, re-ranked")
     assert "rerank" not in tab.url
     assert card_ids(tab) == ids_of(requests.get(f"{page}/similar/{chosen}", params={"k": 12}, timeout=60))
     assert tab.evaluate("document.body.scrollWidth") <= 390
