@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from quaterion_models.encoders import Encoder
 
-from core.encoders import CarsEncoder, is_timm, member_preprocessing
+from core.encoders import CarsEncoder, member_preprocessing
 from core.errors import UsageError
 from core.preprocessing import MIN_INPUT_SIZE, Preprocessing
 
@@ -131,10 +131,6 @@ class EnsembleEncoder(Encoder):
     @property
     def embedding_size(self) -> int:
         return sum(member.embedding_size for member in self.members)
-
-    @property
-    def uses_timm(self) -> bool:
-        return any(is_timm(member.backbone_name) for member in self.members)
 
     def train(self, mode: bool = True) -> EnsembleEncoder:
         super().train(mode)

@@ -101,7 +101,7 @@ class CarsModel(TrainableModel):
         return encoder
 
     @property
-    def encoder(self) -> CarsEncoder:
+    def encoder(self) -> CarsEncoder | EnsembleEncoder:
         return self.model.encoders[DEFAULT_ENCODER_KEY]
 
     def configure_head(self, input_embedding_size: int) -> EncoderHead:
