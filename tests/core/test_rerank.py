@@ -90,7 +90,8 @@ def test_short_shortlists_are_handled():
     assert [len(part) for part in rerank(QUERY, np.zeros((0, 4), np.float32), DEFAULT)] == [0, 0]
     one = decoy_and_cluster()[:1]
     order, scores = rerank(QUERY, one, DEFAULT)  # one candidate: no neighbours; the query moves towards it
-    assert order.tolist() == [0] and scores[0] == pytest.approx(by_the_book(QUERY, one, DEFAULT.k, DEFAULT.alpha)[0], abs=1e-5)
+    expected = by_the_book(QUERY, one, DEFAULT.k, DEFAULT.alpha)[0]
+    assert order.tolist() == [0] and scores[0] == pytest.approx(expected, abs=1e-5)
     order, _ = rerank(QUERY, decoy_and_cluster()[:2], RerankSettings(8, 3.0, 100))  # k larger than N
     assert sorted(order.tolist()) == [0, 1]
 
