@@ -37,7 +37,7 @@ from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
     updated_row,
 )  # fmt: skip
-from clients.grouping import check_group_field, grouped_search
+from clients.grouping import check_group_field, grouped_search, groups_of_search
 from clients.store import (
     Hit, UnknownRow, as_row_ids, check_examples, location_options, recommend_query, reranked, version_mismatch,
 )  # fmt: skip
@@ -280,11 +280,7 @@ class EdgeGallery:
         rerank: RerankSettings | None = None,
     ) -> list[Hit]:  # fmt: skip
         """The best row of each of the top_k groups, from this store's exact (or re-ranked) ranking."""
-
-        def ranked(q: np.ndarray, limit: int, conditions: tuple[Condition, ...]) -> list[Hit]:
-            return self.search(q, limit, conditions, rerank=rerank)
-
-        return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
+        return groups_of_search(self, query, top_k, where, group_by, rerank)
 
     def recommend(
         self,

@@ -25,7 +25,7 @@ import numpy as np
 from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
 from clients.metadata import Condition, row_metadata, updated_row
-from clients.grouping import check_group_field, grouped_search
+from clients.grouping import check_group_field, grouped_search, groups_of_search
 from clients.store import Hit, UnknownRow, check_examples, recommend_query, reranked, version_mismatch
 from core.files import write_file_atomic
 from core.rerank import RerankSettings
@@ -106,11 +106,7 @@ class Gallery:
         rerank: RerankSettings | None = None,
     ) -> list[Hit]:  # fmt: skip
         """The best row of each of the top_k groups, from this store's exact (or re-ranked) ranking."""
-
-        def ranked(q: np.ndarray, limit: int, conditions: tuple[Condition, ...]) -> list[Hit]:
-            return self.search(q, limit, conditions, rerank=rerank)
-
-        return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
+        return groups_of_search(self, query, top_k, where, group_by, rerank)
 
     def recommend(
         self,

@@ -17,7 +17,8 @@ import numpy as np
 
 from clients.api import ClientError
 from clients.metadata import Condition
-from clients.store import Hit
+from clients.store import GalleryStore, Hit
+from core.rerank import RerankSettings
 
 GROUP_FIELDS = ("listing", "model", "make", "label", "app_id")  # what a search may group by
 
@@ -69,3 +70,16 @@ def grouped_search(
         if len(best) == k or len(hits) < min(limit, rows) or limit >= rows:
             return best
         limit *= 4
+
+
+def groups_of_search(
+    store: GalleryStore, query: np.ndarray, k: int, where: tuple[Condition, ...], group_by: str,
+    rerank: RerankSettings | None = None,
+) -> list[Hit]:  # fmt: skip
+    """k groups of `group_by` taken from `store`'s own `search` (exact, or re-ranked with `rerank`):
+    how a store without native grouping, or a re-ranked one, answers `search_groups`."""
+
+    def ranked(q: np.ndarray, limit: int, conditions: tuple[Condition, ...]) -> list[Hit]:
+        return store.search(q, limit, conditions, rerank=rerank)
+
+    return grouped_search(ranked, query, k, where, check_group_field(group_by), len(store))

@@ -55,7 +55,7 @@ from clients.metadata import (
     KEYWORD_FIELDS, NUMBER_FIELDS, Condition, payload_clauses, payload_row, row_metadata, stored_payload,
     updated_row,
 )  # fmt: skip
-from clients.grouping import check_group_field, grouped_search
+from clients.grouping import check_group_field, grouped_search, groups_of_search
 from clients.store import (
     Hit, UnknownRow, as_row_ids, check_examples, location_options, recommend_query, reranked, version_mismatch,
 )  # fmt: skip
@@ -457,11 +457,7 @@ class QdrantGallery:
         """Qdrant's own grouping: one hit (the best) per group, top_k groups. Re-ranked, groups
         are taken from the re-ranked plain search (`grouped_search`), as the other stores do."""
         if rerank is not None:
-
-            def ranked(q: np.ndarray, limit: int, conditions: tuple[Condition, ...]) -> list[Hit]:
-                return self.search(q, limit, conditions, rerank=rerank)
-
-            return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
+            return groups_of_search(self, query, top_k, where, group_by, rerank)
         if top_k <= 0:
             return []
         return self._groups(
