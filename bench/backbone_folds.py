@@ -8,11 +8,12 @@ them (every photo a query, Quaterion's metrics). Inner validation splits each ou
 training classes by make once more and scores the same way without reading the held-out makes:
 what a choice may be made on. Features come from bench/backbone_features.py (computed once).
 
-A configuration is members joined by `+`, each `NAME@HxW`, with `:flip` for mirror averaging:
+A configuration is members joined by `+`, each `NAME@HxW`, with `:flip` for mirror averaging;
+`--feature-power` and `--shrinkage` take comma lists, and every combination is scored:
 
     python -m bench.backbone_folds --data ../shared/data/cars196-dev \
         --config mobilenet_v2@224x392:flip \
-        --config mobilenet_v2@224x392:flip+timm/tf_efficientnet_lite2@260x455 --rerank
+        --config mobilenet_v2@224x392+timm/tf_efficientnet_lite2@260x455 --feature-power 1,0.6 --rerank
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from train.metrics import put_first, reranked_shortlists, retrieval_metrics
 METRICS = ("r_precision", "precision_at_1", "map_at_r")
 
 
-def features(config: str, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def features(config: str, data: Path, power: float = 1.0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The configuration's embeddings before the head: one member's features as the encoder
-    outputs them, or an ensemble's L2-normalised members side by side (core/ensemble.py)."""
+    outputs them, or an ensemble's members, each power-normalised (`power`, the ensemble's
+    feature_power) and L2-normalised, side by side (core/ensemble.py's EnsembleEncoder.forward)."""
     members = config.split("+")
     parts, classes, paths = [], None, None
     for member in members:
@@ -46,6 +48,7 @@ def features(config: str, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]
         cached = extract(text, data, mirror=option == "flip")
         vectors = (cached["plain"] + cached["mirror"]) / 2 if option == "flip" else cached["plain"]
         if len(members) > 1:
+            vectors = np.sign(vectors) * np.abs(vectors) ** power
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         parts.append(vectors.astype(np.float32))
         classes, paths = cached["classes"], [str(p) for p in cached["paths"]]
@@ -89,12 +92,16 @@ def fit_and_embed(
 
 
 def evaluate(
-    config: str, data: Path, shrinkage: float, settings: list[RerankSettings | None]
+    config: str, data: Path, shrinkage: float, settings: list[RerankSettings | None], power: float = 1.0
 ) -> list[dict[str, Any]]:
     """One result per re-rank setting (None: plain search), each with outer and inner fold scores."""
-    vectors, classes, paths = features(config, data)
+    vectors, classes, paths = features(config, data, power)
     names = sorted(set(classes))
-    results = [{"config": config, "dim": int(vectors.shape[1]), "outer": {}, "inner": {}} for _ in settings]
+    results = [
+        {"config": config, "feature_power": power, "shrinkage": shrinkage, "dim": int(vectors.shape[1]),
+         "outer": {}, "inner": {}}
+        for _ in settings
+    ]  # fmt: skip
     for fold in (1, 2):
         outer = split_classes(names, 0.5, 42, fold, "make")
         embedded = fit_and_embed(vectors, classes, paths, set(outer.train), set(outer.holdout), shrinkage)
@@ -120,29 +127,37 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--config", action="append", required=True, help="members joined by '+', repeatable")
-    parser.add_argument("--shrinkage", type=float, default=0.3, help="the whitening's (default: 0.3)")
+    parser.add_argument("--shrinkage", default="0.3", help="the whitening's, comma list (default: 0.3)")
+    parser.add_argument(
+        "--feature-power", default="1", help="an ensemble's members' power normalisation, comma list (default: 1)"
+    )
     parser.add_argument("--rerank", action="store_true", help="also score re-ranked searches (core.rerank)")
     parser.add_argument("--rerank-k", default=str(DEFAULT_RERANK.k), help="comma list: every k x alpha is scored")
     parser.add_argument("--rerank-alpha", default=f"{DEFAULT_RERANK.alpha:g}", help="comma list")
+    parser.add_argument("--rerank-shortlist", default=str(DEFAULT_RERANK.shortlist), help="comma list")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     settings: list[RerankSettings | None] = [None]
     if args.rerank:
         settings += [
-            RerankSettings(int(k), float(alpha), DEFAULT_RERANK.shortlist)
+            RerankSettings(int(k), float(alpha), int(shortlist))
+            for shortlist in args.rerank_shortlist.split(",")
             for k in args.rerank_k.split(",")
             for alpha in args.rerank_alpha.split(",")
         ]
     results = []
-    print(f"{'configuration':<72} {'rerank':<8} {'outer R-prec / P@1 / MAP@R':<28} inner R-prec / P@1 / MAP@R")
+    header = f"{'configuration':<60} {'power':<5} {'shrink':<6} {'rerank':<12} {'outer R-prec / P@1 / MAP@R':<28}"
+    print(f"{header} inner R-prec / P@1 / MAP@R")
+    grid = [(float(p), float(s)) for p in args.feature_power.split(",") for s in args.shrinkage.split(",")]
     for config in args.config:
-        for result in evaluate(config, args.data, args.shrinkage, settings):
-            results.append(result)
-            outer = " / ".join(f"{result['outer_mean'][m]:.3f}" for m in METRICS)
-            inner = " / ".join(f"{result['inner_mean'][m]:.3f}" for m in METRICS)
-            rerank = result["rerank"]
-            tag = "-" if rerank is None else f"k{rerank['k']}a{rerank['alpha']:g}"
-            print(f"{config:<72} {tag:<8} {outer:<28} {inner}", flush=True)
+        for power, shrinkage in grid:
+            for result in evaluate(config, args.data, shrinkage, settings, power):
+                results.append(result)
+                outer = " / ".join(f"{result['outer_mean'][m]:.3f}" for m in METRICS)
+                inner = " / ".join(f"{result['inner_mean'][m]:.3f}" for m in METRICS)
+                rerank = result["rerank"]
+                tag = "-" if rerank is None else f"k{rerank['k']}a{rerank['alpha']:g}s{rerank['shortlist']}"
+                print(f"{config:<60} {power:<5g} {shrinkage:<6g} {tag:<12} {outer:<28} {inner}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

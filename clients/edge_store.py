@@ -21,6 +21,7 @@ gets a one-line error naming the lock. Needs `pip install -r requirements/client
 from __future__ import annotations
 
 import json
+from functools import partial
 import re
 import shutil
 from collections.abc import Iterator
@@ -39,7 +40,8 @@ from clients.metadata import (
 )  # fmt: skip
 from clients.grouping import check_group_field, grouped_search, groups_of_search
 from clients.store import (
-    Hit, UnknownRow, as_row_ids, check_examples, location_options, recommend_query, reranked, version_mismatch,
+    Hit, UnknownRow, as_row_ids, check_examples, location_options, others_nearest, recommend_query, reranked,
+    version_mismatch,
 )  # fmt: skip
 from core.files import write_json_atomic
 from core.rerank import RerankSettings
@@ -236,7 +238,8 @@ class EdgeGallery:
         query = np.asarray(query, np.float32).reshape(-1)
         nearest, condition = edge.Query.Nearest(query.tolist()), to_filter(where)
         if rerank is not None:
-            return reranked(lambda limit: self._query(nearest, limit, condition, True), query, top_k, rerank)
+            shortlist = partial(self._query, nearest, condition=condition, vectors=True)
+            return reranked(shortlist, self.neighbours, query, top_k, rerank)
         return self._query(nearest, top_k, condition)[0]
 
     def _query(self, query, limit: int, condition, vectors: bool = False) -> tuple[list[Hit], np.ndarray | None]:
@@ -266,6 +269,21 @@ class EdgeGallery:
         with _engine(f"cannot search {self.store}"):
             found = self.shard.query_batch(edge.QueryBatchRequest(requests))
         return [[_hit(point.payload, float(point.score)) for point in points] for points in found]
+
+    def neighbours(self, hits: list[Hit], vectors: np.ndarray, k: int) -> np.ndarray:
+        """Each hit's k nearest other rows, planned by Edge as one batch of unfiltered queries."""
+        if len(hits) == 0:
+            return np.zeros((0, k, self.dim), np.float32)
+        params = self._params()
+        requests = [
+            edge.QueryRequest(limit=k + 1, query=edge.Query.Nearest(v.tolist()), filter=None, with_payload=False,
+                              with_vector=True, params=params)
+            for v in np.asarray(vectors, np.float32)
+        ]  # fmt: skip
+        with _engine(f"cannot search {self.store}"):
+            found = self.shard.query_batch(edge.QueryBatchRequest(requests))
+        nearest = [[(str(point.id), point.vector) for point in points] for points in found]
+        return others_nearest([hit.id for hit in hits], nearest, k, self.dim)
 
     def get(self, row_id: str) -> dict[str, Any] | None:
         with _engine(f"cannot read {self.store}"):
@@ -306,7 +324,8 @@ class EdgeGallery:
 
         def ranked(_query, limit: int, _where) -> list[Hit]:
             if rerank is not None:
-                return reranked(lambda n: self._query(query, n, condition, True), around, limit, rerank)
+                shortlist = partial(self._query, query, condition=condition, vectors=True)
+                return reranked(shortlist, self.neighbours, around, limit, rerank)
             return self._query(query, limit, condition)[0]
 
         if group_by:

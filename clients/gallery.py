@@ -26,7 +26,9 @@ from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
 from clients.metadata import Condition, row_metadata, updated_row
 from clients.grouping import check_group_field, grouped_search, groups_of_search
-from clients.store import Hit, UnknownRow, check_examples, recommend_query, reranked, version_mismatch
+from clients.store import (
+    Hit, UnknownRow, check_examples, others_nearest, recommend_query, reranked, version_mismatch,
+)  # fmt: skip
 from core.files import write_file_atomic
 from core.rerank import RerankSettings
 
@@ -49,6 +51,7 @@ class Gallery:
     _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
     _by_id: dict[str, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
     _positions: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    _nearest: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.embeddings is None:
@@ -141,12 +144,25 @@ class Gallery:
 
         def ranked(_query: np.ndarray, limit: int, _where: tuple[Condition, ...]) -> list[Hit]:
             if rerank is not None:
-                return reranked(shortlist, query, limit, rerank)
+                return reranked(shortlist, self.neighbours, query, limit, rerank)
             return shortlist(limit)[0]
 
         if group_by:
             return grouped_search(ranked, query, top_k, where, check_group_field(group_by), len(self))
         return ranked(query, top_k, where)
+
+    def neighbours(self, hits: list[Hit], vectors: np.ndarray, k: int) -> np.ndarray:
+        """Each hit's k nearest other rows (exact; clients.store.GalleryStore.neighbours). The
+        rows' neighbour indices are kept until the gallery changes: a row shortlisted again costs
+        nothing, a new one a [1, N] product."""
+        rows = [self._row_index(hit.id) for hit in hits]
+        missing = [i for i, row in enumerate(rows) if (row, k) not in self._nearest]
+        if missing:
+            indices, _ = exact_top_k(self.embeddings, np.asarray(vectors, np.float32)[missing], k + 1)
+            for i, found in zip(missing, indices, strict=True):
+                self._nearest[rows[i], k] = found
+        found = [[(str(j), self.embeddings[j]) for j in self._nearest[row, k]] for row in rows]
+        return others_nearest([str(row) for row in rows], found, k, self.dim)
 
     def _row_index(self, row_id: str) -> int:
         if self._positions is None:  # built once per gallery version
@@ -184,7 +200,7 @@ class Gallery:
             self.save(self.path)
 
     def _changed(self) -> None:
-        self._index, self._columns, self._by_id, self._positions = None, {}, None, None
+        self._index, self._columns, self._by_id, self._positions, self._nearest = None, {}, None, None, {}
         if self.path is not None:
             self.save(self.path)
 
@@ -203,7 +219,7 @@ class Gallery:
                 hits = [self._hit(int(i), float(s)) for i, s in zip(indices[0], scores[0], strict=True)]
                 return hits, self.embeddings[indices[0]]
 
-            return reranked(shortlist, query, top_k, rerank)
+            return reranked(shortlist, self.neighbours, query, top_k, rerank)
         return self.search_many(query[None, :], top_k, where, approximate)[0]
 
     def search_many(

@@ -38,6 +38,7 @@ RETRY_AFTER_MAX_S), as an upsert is idempotent, then fails with one line. Needs
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 import os
 import time
 import uuid
@@ -57,7 +58,8 @@ from clients.metadata import (
 )  # fmt: skip
 from clients.grouping import check_group_field, grouped_search, groups_of_search
 from clients.store import (
-    Hit, UnknownRow, as_row_ids, check_examples, location_options, recommend_query, reranked, version_mismatch,
+    Hit, UnknownRow, as_row_ids, check_examples, location_options, others_nearest, recommend_query, reranked,
+    version_mismatch,
 )  # fmt: skip
 from core.rerank import RerankSettings
 
@@ -427,7 +429,7 @@ class QdrantGallery:
         common = {"query": query.tolist(), "query_filter": to_filter(where),
                   "search_params": models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore)}  # fmt: skip
         if rerank is not None:
-            return reranked(lambda limit: self._query(limit, True, **common), query, top_k, rerank)
+            return reranked(partial(self._query, vectors=True, **common), self.neighbours, query, top_k, rerank)
         return self._query(top_k, **common)[0]
 
     def _query(self, limit: int, vectors: bool = False, **query) -> tuple[list[Hit], np.ndarray | None]:
@@ -440,6 +442,27 @@ class QdrantGallery:
         if not vectors:
             return hits, None
         return hits, np.asarray([point.vector for point in found.points], dtype=np.float32).reshape(-1, self.dim)
+
+    def neighbours(self, hits: list[Hit], vectors: np.ndarray, k: int) -> np.ndarray:
+        """Each hit's k nearest other rows: one batch request of unfiltered queries for their ids,
+        then one request for the vectors of those not in the shortlist already (most are: a row
+        near the query has its neighbours near it too), so that few vectors cross the network."""
+        if len(hits) == 0:
+            return np.zeros((0, k, self.dim), np.float32)
+        rescore = None
+        if self.quantization == "int8":
+            rescore = models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
+        params = models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore)
+        vectors = np.asarray(vectors, np.float32)
+        requests = [models.QueryRequest(query=v.tolist(), limit=k + 1, with_vector=False, with_payload=False,
+                                        params=params) for v in vectors]  # fmt: skip
+        found = self._call(f"cannot search {self.store}", self.client.query_batch_points, self.collection,
+                           requests=requests)  # fmt: skip
+        known = {hit.id: vector for hit, vector in zip(hits, vectors, strict=True)}
+        missing = {str(point.id) for response in found for point in response.points} - set(known)
+        known.update(self._existing(sorted(missing), vectors=True) if missing else {})
+        nearest = [[(str(p.id), known[str(p.id)]) for p in response.points if str(p.id) in known] for response in found]
+        return others_nearest([hit.id for hit in hits], nearest, k, self.dim)
 
     def get(self, row_id: str) -> dict[str, Any] | None:
         try:
@@ -500,7 +523,7 @@ class QdrantGallery:
             around = recommend_query(positives, np.asarray([examples[i] for i in negative], np.float32))
 
             def ranked(_query, limit: int, _where) -> list[Hit]:
-                return reranked(lambda n: self._query(n, True, **search), around, limit, rerank)
+                return reranked(partial(self._query, vectors=True, **search), self.neighbours, around, limit, rerank)
 
             if group_by:
                 return grouped_search(ranked, None, top_k, where, check_group_field(group_by), len(self))

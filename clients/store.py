@@ -14,7 +14,8 @@ clients/copy_store.py moves a gallery from any store to any other (Edge to a ser
 Builders and queries use only what `GalleryStore` names.
 
 Every store's `search`, `search_groups` and `recommend` take `rerank` (core/rerank.py settings):
-`reranked` below asks the store for its top `shortlist` hits with their vectors, re-orders them
+`reranked` below asks the store for its top `shortlist` hits with their vectors, and for each
+of them its `k` nearest other rows of the whole gallery (the store's `neighbours`), re-orders them
 (DBA + alpha-QE, the same code train.evaluate --rerank measures) and keeps top_k, so all stores
 re-rank alike. A hit's `score` stays its raw similarity (calibrated match levels and score floors
 keep their meaning); `rerank_score` is what ordered it.
@@ -101,6 +102,10 @@ class GalleryStore(Protocol):
         rows are never results. UnknownRow for an id that is not in the gallery. With `rerank`,
         the shortlist is re-ranked around the recommendation's query vector."""
 
+    def neighbours(self, hits: list[Hit], vectors: np.ndarray, k: int) -> np.ndarray:
+        """Each hit's k nearest other rows of the whole gallery, no filters [n, k, dim] (zero
+        vectors where there are fewer): what re-ranking augments a shortlisted row with."""
+
     def get(self, row_id: str) -> dict[str, Any] | None:
         """The metadata of one row by its id (path, label, ...), or None."""
 
@@ -138,20 +143,39 @@ def recommend_query(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
 
 
 Shortlist = Callable[[int], tuple[list[Hit], np.ndarray]]  # limit -> (hits best first, their vectors [n, dim])
+# (hits, their vectors [n, dim], k) -> each hit's k nearest other gallery rows' vectors [n, k, dim]
+Neighbours = Callable[[list[Hit], np.ndarray, int], np.ndarray]
 
 
-def reranked(shortlist: Shortlist, query: np.ndarray, top_k: int, settings: RerankSettings) -> list[Hit]:
+def reranked(
+    shortlist: Shortlist, neighbours: Neighbours, query: np.ndarray, top_k: int, settings: RerankSettings
+) -> list[Hit]:
     """The top_k hits after re-ranking (core/rerank.py) the store's best `settings.shortlist`,
-    which `shortlist(limit)` returns with their vectors, filters and exclusions applied. Hits past
-    the shortlist (a top_k longer than it) follow in the store's order with no rerank_score.
-    `score` stays the raw similarity, so match levels and min_score mean what they did."""
+    which `shortlist(limit)` returns with their vectors, filters and exclusions applied, each
+    augmented with its gallery neighbours (`neighbours`: no filters, a row's neighbourhood is the
+    gallery's). Hits past the shortlist (a top_k longer than it) follow in the store's order with
+    no rerank_score. `score` stays the raw similarity, so match levels and min_score mean what they did."""
     if top_k <= 0:
         return []
     hits, vectors = shortlist(max(top_k, settings.shortlist))
     head = min(settings.shortlist, len(hits))
-    order, scores = rerank(query, np.asarray(vectors, dtype=np.float32)[:head], settings)
+    vectors = np.asarray(vectors, dtype=np.float32)[:head]
+    around = neighbours(hits[:head], vectors, settings.k) if head else np.zeros((0, 0, vectors.shape[-1]))
+    order, scores = rerank(query, vectors, around, settings)
     ordered = [replace(hits[i], rerank_score=float(score)) for i, score in zip(order, scores, strict=True)]
     return (ordered + list(hits[head:]))[:top_k]
+
+
+def others_nearest(own: list[str], found: list[list[tuple[str, np.ndarray]]], k: int, dim: int) -> np.ndarray:
+    """[n, k, dim]: for each row id in `own`, the vectors of the first k of its `found` nearest
+    rows (id, vector) that are not itself, zero-padded where the gallery has fewer (a zero vector
+    adds nothing to DBA). What every store's `neighbours` returns."""
+    result = np.zeros((len(own), k, dim), dtype=np.float32)
+    for i, (row_id, nearest) in enumerate(zip(own, found, strict=True)):
+        others = [vector for found_id, vector in nearest if found_id != row_id][:k]
+        if others:
+            result[i, : len(others)] = np.asarray(others, dtype=np.float32).reshape(len(others), dim)
+    return result
 
 
 def as_row_ids(row_ids: Iterable[str]) -> list[str]:

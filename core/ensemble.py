@@ -9,7 +9,9 @@ takes one tensor per image (the embedder, the handler and the GPU tensor path st
 shared `Preprocessing` only decodes and squash-resizes to a *canvas* as large as the largest member,
 with pixel values in [0, 1]; inside the encoder each member resizes the canvas to its own shape and
 normalises it with its own mean and std. Each member's features are L2-normalised before they are
-concatenated, so that no member dominates the joint whitening by the scale of its features.
+concatenated, so that no member dominates the joint whitening by the scale of its features; before
+that they may be power-normalised (`feature_power` p < 1: sign(x) * |x| ** p), which damps the few
+activations that dominate a pooled CNN feature and helps on makes never seen (docs/quality.md).
 
 A member may name its input height: `mobilenet_v2@224+timm/tf_efficientnet_lite2@260`; without it
 a member takes --input-size, else its own default (224 for torchvision, the pretrained config's
@@ -32,7 +34,7 @@ from core.errors import UsageError
 from core.preprocessing import MIN_INPUT_SIZE, Preprocessing
 
 CONFIG_FILE = "ensemble.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added feature_power; a version 1 ensemble has none (p = 1)
 CANVAS_MEAN, CANVAS_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # the canvas holds plain [0, 1] pixels
 
 
@@ -96,9 +98,15 @@ def preprocessing_for(backbone: str, weights: str, input_size: int | None, input
 
 
 def create_encoder(
-    backbone: str, weights: str, preprocessing: Preprocessing, flip_average: bool, input_size: int | None = None
+    backbone: str,
+    weights: str,
+    preprocessing: Preprocessing,
+    flip_average: bool,
+    input_size: int | None = None,
+    feature_power: float = 1.0,
 ) -> CarsEncoder | EnsembleEncoder:
-    """The frozen encoder `--backbone` names: one backbone, or an ensemble over `preprocessing`'s canvas."""
+    """The frozen encoder `--backbone` names: one backbone, or an ensemble over `preprocessing`'s
+    canvas (`feature_power`: its members' power normalisation)."""
     if not is_ensemble(backbone):
         return CarsEncoder.create(backbone, weights, preprocessing, flip_average=flip_average)
     members = parse_members(backbone)
@@ -107,16 +115,19 @@ def create_encoder(
         CarsEncoder.create(member.name, weight, member_pre, flip_average=flip_average)
         for member, weight, member_pre in zip(members, member_weights(weights, len(members)), own, strict=True)
     ]
-    return EnsembleEncoder(encoders, preprocessing)
+    return EnsembleEncoder(encoders, preprocessing, feature_power)
 
 
 class EnsembleEncoder(Encoder):
     """Frozen backbones side by side: each sees the canvas at its own size and normalisation."""
 
-    def __init__(self, members: list[CarsEncoder], preprocessing: Preprocessing):
+    def __init__(self, members: list[CarsEncoder], preprocessing: Preprocessing, feature_power: float = 1.0):
         super().__init__()
         if any(member.trainable_blocks for member in members):
             raise UsageError("ensemble members are frozen backbones: --trainable-blocks cannot apply")
+        if not 0 < feature_power <= 1:
+            raise UsageError(f"--feature-power must be in (0, 1], got {feature_power}")
+        self.feature_power = float(feature_power)
         self.members = torch.nn.ModuleList(members)
         self.preprocessing = preprocessing  # the canvas: decode + squash-resize, pixels in [0, 1]
 
@@ -149,7 +160,10 @@ class EnsembleEncoder(Encoder):
                 images = F.interpolate(canvas, size=own.shape, mode=own.interpolation, antialias=True)
             mean = torch.tensor(own.mean, device=canvas.device, dtype=images.dtype).view(1, 3, 1, 1)
             std = torch.tensor(own.std, device=canvas.device, dtype=images.dtype).view(1, 3, 1, 1)
-            features.append(F.normalize(member((images - mean) / std).float(), dim=1))
+            own_features = member((images - mean) / std).float()
+            if self.feature_power != 1.0:
+                own_features = own_features.sign() * own_features.abs().pow(self.feature_power)
+            features.append(F.normalize(own_features, dim=1))
         return torch.cat(features, dim=1)
 
     def save(self, output_path: str) -> None:
@@ -157,7 +171,7 @@ class EnsembleEncoder(Encoder):
         for index, member in enumerate(self.members):
             member.save(os.path.join(output_path, f"member-{index}"))
         config = {"format_version": FORMAT_VERSION, "members": len(self.members),
-                  "preprocessing": self.preprocessing.to_dict()}  # fmt: skip
+                  "preprocessing": self.preprocessing.to_dict(), "feature_power": self.feature_power}  # fmt: skip
         with open(os.path.join(output_path, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2)
 
@@ -165,7 +179,7 @@ class EnsembleEncoder(Encoder):
     def load(cls, input_path: str) -> EnsembleEncoder:
         with open(os.path.join(input_path, CONFIG_FILE)) as f:
             config = json.load(f)
-        if config.get("format_version") != FORMAT_VERSION:
+        if config.get("format_version") not in (1, FORMAT_VERSION):
             raise ValueError(f"unsupported ensemble format {config.get('format_version')!r} in {input_path}")
         members = [CarsEncoder.load(os.path.join(input_path, f"member-{i}")) for i in range(config["members"])]
-        return cls(members, Preprocessing.from_dict(config["preprocessing"]))
+        return cls(members, Preprocessing.from_dict(config["preprocessing"]), config.get("feature_power", 1.0))

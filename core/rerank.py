@@ -4,22 +4,26 @@ Numpy only (the thin clients have no torch) and written once: every gallery stor
 through `clients.store.reranked`, and `train.evaluate --rerank` measures the very same function,
 so what is measured is what is served.
 
-Given a query q and the vectors of its N best candidates (the store's own top N, its filters
-applied), all made unit length:
+Given a query q, the vectors of its N best candidates (the store's own top N, its filters
+applied) and, for each candidate, its `k` nearest other rows of the whole gallery (no filters: a
+row's neighbourhood is the gallery's, as if DBA had been applied to every stored vector), all
+made unit length:
 
-1. DBA inside the shortlist: each candidate becomes the normalised sum of itself (weight 1) and
-   its `k` nearest other candidates, each weighted max(cos, 0) ** alpha. A photo then looks like
-   its neighbourhood: one odd photo of a model moves towards the other photos of that model.
+1. DBA: each candidate becomes the normalised sum of itself (weight 1) and its `k` nearest among
+   its gallery neighbours and the query photo, each weighted max(cos, 0) ** alpha. A photo then
+   looks like its neighbourhood: one odd photo of a model moves towards the other photos of that
+   model. The query counts as a photo of the gallery, so a search answers as DBA over the gallery
+   with the query in it would (what `train.evaluate` measures, every photo a query among the
+   others); a query that is a gallery row (more like this) is not counted twice.
 2. alpha-QE: q' = normalised sum of q (weight 1) and the `k` augmented candidates nearest to q,
    each weighted max(cos, 0) ** alpha. The query moves towards what it most likely is.
 3. Each candidate's re-rank score is cos(q', its augmented vector); the shortlist is ordered by it.
 
 alpha = 0 weighs every neighbour 1 (plain average DBA / average QE); a large alpha all but
-ignores neighbours that are not very close. Ties keep the store's order (stable sorts), so the
-result is deterministic. The cost is a few N x N and N x dim products per query: N = 100 took
-0.7 ms at dim 512 and 2 ms at dim 2,048 on one core of the project's 2-core machine (best of 5).
-Scores a store returns stay the raw cosines: calibrated match levels and `min_score` keep their
-meaning; the re-rank score only orders.
+ignores neighbours that are not very close. A gallery with fewer than k other rows pads the
+neighbours with zero vectors, which add nothing. Ties keep the store's order (stable sorts), so
+the result is deterministic. Scores a store returns stay the raw cosines: calibrated match levels
+and `min_score` keep their meaning; the re-rank score only orders.
 """
 
 from __future__ import annotations
@@ -54,9 +58,9 @@ class RerankSettings:
 
 
 # Chosen on makes held out inside the training side (docs/quality.md, `python -m bench.backbone_folds
-# --rerank --rerank-k 1,2,3,5 --rerank-alpha 1,3` on the CPU default): the highest R-precision whose
+# --rerank --rerank-k ... --rerank-alpha ...` on the CPU default): the highest R-precision whose
 # P@1 is not below the plain search's. One place: the stores, the search page and evaluation.
-DEFAULT = RerankSettings(k=3, alpha=1.0, shortlist=100)
+DEFAULT = RerankSettings(k=8, alpha=0.5, shortlist=300)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -70,30 +74,27 @@ def _weights(similarities: np.ndarray, alpha: float) -> np.ndarray:
     return np.maximum(similarities, np.float32(0)) ** np.float32(alpha)
 
 
-def rerank_many(queries: np.ndarray, candidates: np.ndarray, settings: RerankSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Queries [B, dim] and each one's shortlist [B, N, dim] -> (order [B, N], scores [B, N]):
-    order[b] lists positions in candidates[b] best first, scores[b] their re-rank scores in that
-    order. Float32 throughout; `rerank` is this with B = 1, so batches answer as single queries."""
-    queries = _unit(np.asarray(queries, dtype=np.float32).reshape(len(candidates), -1))
-    candidates = _unit(np.asarray(candidates, dtype=np.float32))
-    batch, n = candidates.shape[:2]
-    if n == 0:
-        return np.zeros((batch, 0), dtype=np.int64), np.zeros((batch, 0), dtype=np.float32)
-    augmented = candidates
-    neighbours = min(settings.k, n - 1)
-    if neighbours > 0:
-        gram = candidates @ candidates.transpose(0, 2, 1)  # [B, N, N]
-        diagonal = np.arange(n)
-        masked = gram.copy()
-        masked[:, diagonal, diagonal] = -np.inf  # a candidate is not its own neighbour
-        nearest = np.argsort(-masked, axis=2, kind="stable")[:, :, :neighbours]
-        weights = np.zeros_like(gram)
-        np.put_along_axis(weights, nearest, _weights(np.take_along_axis(gram, nearest, axis=2), settings.alpha), 2)
-        weights[:, diagonal, diagonal] = 1.0
-        augmented = _unit(weights @ candidates)
+def augment(candidates: np.ndarray, pools: np.ndarray, settings: RerankSettings) -> np.ndarray:
+    """DBA: candidates [..., N, dim] and each one's pool of possible neighbours [..., N, m, dim]
+    (zero rows: no one) -> the candidates [..., N, dim], each the unit sum of itself and its k
+    nearest in its pool weighted max(cos, 0) ** alpha. No query is involved, so evaluation
+    augments a whole gallery once (train/metrics.py)."""
+    candidates, pools = _unit(candidates), _unit(pools)
+    similarity = np.einsum("...nd,...nmd->...nm", candidates, pools)
+    nearest = np.argsort(-similarity, axis=-1, kind="stable")[..., : settings.k]
+    chosen = np.take_along_axis(pools, nearest[..., None], axis=-2)
+    weights = _weights(np.take_along_axis(similarity, nearest, axis=-1), settings.alpha)
+    return _unit(candidates + np.einsum("...nk,...nkd->...nd", weights, chosen))
+
+
+def expand_and_score(
+    queries: np.ndarray, augmented: np.ndarray, settings: RerankSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """alpha-QE: unit queries [B, dim] and their augmented shortlists [B, N, dim] -> (order [B, N],
+    scores [B, N]) by cosine to the expanded query, best first (ties: the store's order)."""
+    n = augmented.shape[1]
     similarity = (augmented @ queries[:, :, None])[:, :, 0]  # [B, N]
-    expand = min(settings.k, n)
-    top = np.argsort(-similarity, axis=1, kind="stable")[:, :expand]
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, : min(settings.k, n)]
     weights = _weights(np.take_along_axis(similarity, top, axis=1), settings.alpha)  # [B, k]
     chosen = np.take_along_axis(augmented, top[:, :, None], axis=1)  # [B, k, dim]
     expanded = _unit(queries + (weights[:, None, :] @ chosen)[:, 0, :])
@@ -102,10 +103,38 @@ def rerank_many(queries: np.ndarray, candidates: np.ndarray, settings: RerankSet
     return order, np.take_along_axis(scores, order, axis=1)
 
 
-def rerank(query: np.ndarray, candidates: np.ndarray, settings: RerankSettings) -> tuple[np.ndarray, np.ndarray]:
-    """One query [dim] and its shortlist [N, dim], best first by the store -> (order [N], scores
-    [N]): the shortlist's positions in re-ranked order, and their re-rank scores."""
+def rerank_many(
+    queries: np.ndarray, candidates: np.ndarray, neighbours: np.ndarray, settings: RerankSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Queries [B, dim], each one's shortlist [B, N, dim] and the shortlisted rows' gallery
+    neighbours [B, N, k', dim] (the query not among them; zero rows where the gallery has fewer)
+    -> (order [B, N], scores [B, N]): order[b] lists positions in candidates[b] best first,
+    scores[b] their re-rank scores in that order. Each candidate's DBA pool is its neighbours
+    and the query; a neighbour identical to the query (a query that is a gallery row) leaves
+    it. Float32 throughout; `rerank` is this with B = 1."""
+    candidates = np.asarray(candidates, dtype=np.float32)
+    queries = _unit(np.asarray(queries, dtype=np.float32).reshape(len(candidates), -1))
+    batch, n = candidates.shape[:2]
+    if n == 0:
+        return np.zeros((batch, 0), dtype=np.int64), np.zeros((batch, 0), dtype=np.float32)
+    dim = candidates.shape[-1]
+    neighbours = np.asarray(neighbours, dtype=np.float32)
+    neighbours = _unit(neighbours.reshape(batch, n, neighbours.size // (batch * n * dim), dim)[:, :, : settings.k])
+    twins = np.einsum("bnkd,bd->bnk", neighbours, queries) > np.float32(1 - 1e-6)
+    neighbours = np.where(twins[..., None], np.float32(0), neighbours)  # no one, rather than the query twice
+    pools = np.concatenate([neighbours, np.broadcast_to(queries[:, None, None, :], (batch, n, 1, dim))], axis=2)
+    return expand_and_score(queries, augment(candidates, pools, settings), settings)
+
+
+def rerank(
+    query: np.ndarray, candidates: np.ndarray, neighbours: np.ndarray, settings: RerankSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query [dim], its shortlist [N, dim], best first by the store, and each shortlisted
+    row's gallery neighbours [N, k', dim] -> (order [N], scores [N]): the shortlist's positions
+    in re-ranked order, and their re-rank scores."""
     candidates = np.asarray(candidates, dtype=np.float32)
     dim = np.asarray(query).shape[-1]
-    order, scores = rerank_many(np.asarray(query)[None, :], candidates.reshape(1, -1, dim), settings)
+    candidates = candidates.reshape(1, -1, dim)
+    neighbours = np.asarray(neighbours, dtype=np.float32)
+    order, scores = rerank_many(np.asarray(query)[None, :], candidates, neighbours, settings)
     return order[0], scores[0]

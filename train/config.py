@@ -113,6 +113,12 @@ class TrainConfig:
     whitening_shrinkage: float = option(
         "model", "with --head whitening: share of the identity blended into the within-class scatter, in (0, 1]", 0.3
     )
+    feature_power: float = option(
+        "model",
+        "with an ensemble backbone (a+b): each member's features are raised to this signed power before they are "
+        "L2-normalised and joined (power normalisation, in (0, 1]; 1 = off)",
+        1.0,
+    )
     # training
     recipe: str = option(
         "training",
@@ -262,6 +268,8 @@ class TrainConfig:
                 raise UsageError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.whitening_shrinkage <= 1:
             raise UsageError(f"--whitening-shrinkage must be in (0, 1], got {self.whitening_shrinkage}")
+        if not 0 < self.feature_power <= 1:
+            raise UsageError(f"--feature-power must be in (0, 1], got {self.feature_power}")
         if self.proxy_lr <= 0 or self.proxy_alpha <= 0:
             raise UsageError(f"--proxy-lr and --proxy-alpha must be > 0, got {self.proxy_lr} and {self.proxy_alpha}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
@@ -324,6 +332,7 @@ class TrainConfig:
             ),
             "cache_batch_size": (self.no_cache, "--no-cache fills no cache"),
             "whitening_shrinkage": (self.head != "whitening", "it is a setting of --head whitening"),
+            "feature_power": (not is_ensemble(self.backbone), "it applies to an ensemble's members (--backbone a+b)"),
             "weight_decay": (self.optimizer != "adamw", "it is --optimizer adamw's (decoupled) weight decay"),
             "warmup_epochs": (not self.trainable_blocks, "only --trainable-blocks N > 0 trains backbone stages"),
             "proxy_lr": (self.loss != "proxy_anchor", "only --loss proxy_anchor has proxies"),

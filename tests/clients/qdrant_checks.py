@@ -541,6 +541,10 @@ def check_reranked_results_match_the_file_store_and_edge(tmp: Path) -> None:
                 edge_checks.same_reranked(other.search_groups(query, 5, (), "listing", rerank=rerank), want)
         sent = standin.calls("POST", "/collections/cars/points/query")[0].body
         assert sent["limit"] == rerank.shortlist and sent["with_vector"] is True
+        # the shortlist's gallery neighbours: ids in one batch, vectors only for rows not shortlisted
+        searches = standin.calls("POST", "/collections/cars/points/query/batch")[0].body["searches"]
+        assert len(searches) == rerank.shortlist and {s["limit"] for s in searches} == {rerank.k + 1}
+        assert not any(s.get("with_vector") for s in searches) and not any(s.get("filter") for s in searches)
         for positive, negative, photos in edge_checks.RECOMMENDATIONS:
             pos, neg = [ids[i] for i in positive], [ids[i] for i in negative]
             photo = vectors[photos] if photos else None

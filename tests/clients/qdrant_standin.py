@@ -34,6 +34,7 @@ REQUEST_MODELS = {
     ("POST", r"/collections/[^/]+/points/count"): models.CountRequest,
     ("POST", r"/collections/[^/]+/points/query"): models.QueryRequest,
     ("POST", r"/collections/[^/]+/points/query/groups"): models.QueryGroupsRequest,
+    ("POST", r"/collections/[^/]+/points/query/batch"): models.QueryRequestBatch,
     ("PUT", r"/collections/[^/]+/points/payload"): models.SetPayload,
     ("POST", r"/collections/[^/]+/points/delete"): models.PointIdsList,
 }
@@ -165,10 +166,9 @@ class StandIn:
             return {"points": [self._record(i, points[i], body) for i in page],
                     "next_page_offset": rest_ids[0] if rest_ids else None}  # fmt: skip
         if (method, rest) == ("POST", "/points/query"):
-            query, examples = self._query_vector(body["query"], points)
-            scored = sorted(((float(v @ query), i) for i, (v, _) in points.items() if i not in examples), reverse=True)
-            found = scored[: body.get("limit") or 10]
-            return {"points": [{**self._record(i, points[i], body), "score": s, "version": 0} for s, i in found]}
+            return self._answer(body, points)
+        if (method, rest) == ("POST", "/points/query/batch"):
+            return [self._answer(search, points) for search in body["searches"]]
         if (method, rest) == ("POST", "/points/query/groups"):  # Qdrant's grouping, filter not applied
             query, examples = self._query_vector(body["query"], points)
             scored = sorted(((float(v @ query), i) for i, (v, _) in points.items() if i not in examples), reverse=True)
@@ -182,6 +182,13 @@ class StandIn:
                     hits.append({**self._record(i, points[i], body), "score": score, "version": 0})
             return {"groups": [{"id": value, "hits": hits} for value, hits in groups.items()]}
         return 404, {"status": {"error": f"stand-in: no route {method} /collections/{name}{rest}"}, "time": 0.0}
+
+    def _answer(self, body: dict, points: dict) -> dict:
+        """One query's best `limit` points, by brute-force cosine."""
+        query, examples = self._query_vector(body["query"], points)
+        scored = sorted(((float(v @ query), i) for i, (v, _) in points.items() if i not in examples), reverse=True)
+        found = scored[: body.get("limit") or 10]
+        return {"points": [{**self._record(i, points[i], body), "score": s, "version": 0} for s, i in found]}
 
     @staticmethod
     def _query_vector(query: Any, points: dict) -> tuple[np.ndarray, set[str]]:

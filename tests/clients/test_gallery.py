@@ -111,8 +111,9 @@ def test_updates_and_deletes_are_written_through_and_reload(tmp_path):
 
 
 def test_rerank_reorders_the_raw_shortlist_and_keeps_raw_scores():
-    """The file store's re-rank is core/rerank.py on its own top `shortlist` (filters applied):
-    scores stay raw cosines, rerank_score orders; past the shortlist the raw order follows."""
+    """The file store's re-rank is core/rerank.py on its own top `shortlist` (filters applied),
+    each shortlisted row augmented with its nearest other rows of the whole gallery (filters not
+    applied): scores stay raw cosines, rerank_score orders; past the shortlist the raw order follows."""
     from clients.metadata import parse_where
     from core.rerank import RerankSettings, rerank
 
@@ -123,7 +124,13 @@ def test_rerank_reorders_the_raw_shortlist_and_keeps_raw_scores():
         query = vectors[q]
         for where in ((), (parse_where("label!=class1"),)):
             raw = gallery.search(query, 20, where)
-            order, scores = rerank(query, vectors[[int(h.path[5:-4]) for h in raw]], settings)
+            rows = [int(h.path[5:-4]) for h in raw]
+            around = []
+            for row in rows:  # each row's 3 most similar others in the gallery, filter or not
+                similarity = vectors @ vectors[row]
+                similarity[row] = -np.inf
+                around.append(vectors[np.argsort(-similarity, kind="stable")[:3]])
+            order, scores = rerank(query, vectors[rows], np.stack(around), settings)
             hits = gallery.search(query, 12, where, rerank=settings)
             assert [h.id for h in hits] == [raw[i].id for i in order[:12]]
             assert [h.rerank_score for h in hits] == pytest.approx(scores[:12].tolist())

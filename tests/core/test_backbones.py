@@ -1,5 +1,7 @@
 """Backbones from timm and ensembles of frozen backbones: built without downloaded weights."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,6 +114,49 @@ def test_an_ensemble_is_its_members_each_on_its_own_preprocessing(tmp_path):
     model.save(str(tmp_path / "servable"))
     loaded = load_servable(tmp_path / "servable")
     assert torch.equal(loaded.encode(photos(), to_numpy=False), model.encode(photos(), to_numpy=False))
+
+
+def test_an_ensembles_feature_power_is_applied_per_member_and_kept_in_the_servable(tmp_path):
+    """--feature-power p: each member's features become sign(x) |x|^p before their L2 norm; the
+    servable keeps p (format 2), and a format-1 ensemble (no p) loads as p = 1."""
+    torch.manual_seed(0)
+    spec = "resnet18@48+timm/resnet18@64"
+    canvas = preprocessing_for(spec, "none", None, 1.5)
+    plain = create_encoder(spec, "none", canvas, flip_average=False)
+    powered = create_encoder(spec, "none", canvas, flip_average=False, feature_power=0.5)
+    powered.load_state_dict(plain.state_dict())
+    plain.eval(), powered.eval()
+    with torch.no_grad():
+        batch = canvas.batch(photos())
+        got = powered(batch)
+        want = []  # each member on its own input (resized, normalised), powered, then L2-normalised
+        for member in powered.members:
+            own = member.preprocessing
+            images = batch if tuple(batch.shape[-2:]) == own.shape else F.interpolate(
+                batch, size=own.shape, mode=own.interpolation, antialias=True)
+            mean, std = torch.tensor(own.mean).view(1, 3, 1, 1), torch.tensor(own.std).view(1, 3, 1, 1)
+            features = member((images - mean) / std)
+            want.append(F.normalize(features.sign() * features.abs().sqrt(), dim=1))
+    assert torch.allclose(got, torch.cat(want, dim=1), atol=1e-6)
+    assert not torch.allclose(got, plain(batch).detach(), atol=1e-3)  # the power changed something
+    model = SimilarityModel(encoders=powered, head=EmptyHead(powered.embedding_size))
+    model.save(str(tmp_path / "servable"))
+    config_file = next((tmp_path / "servable").rglob("ensemble.json"))
+    config = json.loads(config_file.read_text())
+    assert config["format_version"] == 2 and config["feature_power"] == 0.5
+    assert torch.equal(load_servable(tmp_path / "servable").encode(photos(), to_numpy=False),
+                       model.encode(photos(), to_numpy=False))  # fmt: skip
+    config_file.write_text(json.dumps({k: v for k, v in {**config, "format_version": 1}.items()
+                                       if k != "feature_power"}))  # fmt: skip
+    older = load_servable(tmp_path / "servable")
+    assert torch.allclose(older.encode(photos(), to_numpy=False), plain_model(plain).encode(photos(), to_numpy=False),
+                          atol=1e-6)  # fmt: skip
+    with pytest.raises(UsageError, match="--feature-power must be in"):
+        create_encoder(spec, "none", canvas, flip_average=False, feature_power=0.0)
+
+
+def plain_model(encoder: EnsembleEncoder) -> SimilarityModel:
+    return SimilarityModel(encoders=encoder, head=EmptyHead(encoder.embedding_size))
 
 
 def test_an_ensemble_cannot_fine_tune_a_member():

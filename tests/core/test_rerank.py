@@ -21,26 +21,39 @@ def unit(*values: float) -> np.ndarray:
 
 
 def decoy_and_cluster() -> np.ndarray:
-    """Row 0 is the query's nearest (cos 0.90) but looks like rows 4-5 (cos 0.83), which are far
-    from the query (0.50); rows 1-3, a tight cluster at cos 0.85, look like one another."""
+    """Row 0 is the query's nearest (cos 0.90) but looks more like rows 4-5 (cos 0.98) than like
+    the query, and they are further from it (0.80); rows 1-3, a tight cluster at cos 0.85 to the
+    query, look like one another (0.99)."""
     return np.stack([
         unit(0.9, 0.436, 0, 0),
         unit(0.85, 0, 0.52, 0.05), unit(0.85, 0, 0.52, -0.05), unit(0.84, 0, 0.54, 0),
-        unit(0.5, 0.866, 0, 0.05), unit(0.5, 0.866, 0, -0.05),
+        unit(0.8, 0.6, 0, 0.05), unit(0.8, 0.6, 0, -0.05),
     ])  # fmt: skip
 
 
-def by_the_book(query: np.ndarray, candidates: np.ndarray, k: int, alpha: float) -> np.ndarray:
-    """The re-rank score of each candidate, one loop at a time (no shared code with core/rerank.py)."""
-    n = len(candidates)
+def nearest_others(gallery: np.ndarray, rows: list[int], k: int) -> np.ndarray:
+    """[len(rows), k, dim]: each row's k most similar other gallery rows, one loop at a time."""
+    found = []
+    for i in rows:
+        others = sorted((j for j in range(len(gallery)) if j != i), key=lambda j: -float(gallery[i] @ gallery[j]))
+        found.append(gallery[others[:k]])
+    return np.stack(found)
+
+
+def by_the_book(query: np.ndarray, gallery: np.ndarray, rows: list[int], k: int, alpha: float) -> np.ndarray:
+    """The re-rank score of each shortlisted gallery row, one loop at a time (no shared code with
+    core/rerank.py): DBA over the whole gallery with the query photo in it, then alpha-QE over
+    the shortlist."""
+    query = query / np.linalg.norm(query)
     augmented = []
-    for i in range(n):
-        others = sorted((j for j in range(n) if j != i), key=lambda j: -float(candidates[i] @ candidates[j]))[:k]
-        total = candidates[i].astype(np.float64).copy()
-        for j in others:
-            total += max(float(candidates[i] @ candidates[j]), 0.0) ** alpha * candidates[j]
+    for i in rows:
+        pool = [gallery[j] for j in range(len(gallery)) if j != i and float(gallery[j] @ query) < 1 - 1e-6] + [query]
+        pool.sort(key=lambda vector: -float(gallery[i] @ vector))
+        total = gallery[i].astype(np.float64).copy()
+        for vector in pool[:k]:
+            total += max(float(gallery[i] @ vector), 0.0) ** alpha * vector
         augmented.append(total / np.linalg.norm(total))
-    nearest = sorted(range(n), key=lambda i: -float(augmented[i] @ query))[:k]
+    nearest = sorted(range(len(rows)), key=lambda i: -float(augmented[i] @ query))[:k]
     expanded = query.astype(np.float64) + sum(max(float(augmented[i] @ query), 0.0) ** alpha * augmented[i]
                                               for i in nearest)  # fmt: skip
     expanded /= np.linalg.norm(expanded)
@@ -50,20 +63,34 @@ def by_the_book(query: np.ndarray, candidates: np.ndarray, k: int, alpha: float)
 def test_a_decoy_nearest_to_the_query_falls_behind_the_cluster_it_is_not_part_of():
     candidates = decoy_and_cluster()
     assert int(np.argmax(candidates @ QUERY)) == 0  # raw cosine: the decoy first
-    for k, alpha in ((2, 3.0), (2, 1.0), (2, 0.0), (1, 3.0)):
-        order, scores = rerank(QUERY, candidates, RerankSettings(k, alpha, 10))
-        assert set(order[:3].tolist()) == {1, 2, 3} and order[3] == 0, (k, alpha, order)
-        expected = by_the_book(QUERY, candidates, k, alpha)
+    for k, alpha in ((2, 3.0), (2, 1.0), (2, 0.0)):
+        rows = list(range(6))
+        order, scores = rerank(QUERY, candidates, nearest_others(candidates, rows, k), RerankSettings(k, alpha, 10))
+        assert set(order[:3].tolist()) == {1, 2, 3}, (k, alpha, order)
+        expected = by_the_book(QUERY, candidates, rows, k, alpha)
         np.testing.assert_allclose(scores, expected[order], atol=1e-5)
         assert np.all(np.diff(scores) <= 1e-7)  # best first
+
+
+def test_neighbours_from_outside_the_shortlist_move_a_candidate():
+    """Gallery-wide DBA: the decoy's look-alikes (rows 4-5) are too far from the query to be
+    shortlisted, yet they pull the decoy behind the cluster; without them it stays first."""
+    gallery = decoy_and_cluster()
+    rows, settings = [0, 1, 2, 3], RerankSettings(2, 1.0, 4)
+    alone = np.zeros((4, 2, 4), np.float32)  # no neighbours at all: QE alone keeps the decoy first
+    assert rerank(QUERY, gallery[rows], alone, settings)[0][0] == 0
+    order, scores = rerank(QUERY, gallery[rows], nearest_others(gallery, rows, 2), settings)
+    assert order[-1] == 0
+    np.testing.assert_allclose(scores, by_the_book(QUERY, gallery, rows, 2, 1.0)[order], atol=1e-5)
 
 
 def test_the_order_is_a_permutation_of_the_shortlist_in_float32_and_deterministic():
     rng = np.random.default_rng(0)
     candidates, query = rng.normal(size=(100, 64)).astype(np.float32), rng.normal(size=64).astype(np.float32)
-    order, scores = rerank(query, candidates, DEFAULT)
+    neighbours = rng.normal(size=(100, 3, 64)).astype(np.float32)
+    order, scores = rerank(query, candidates, neighbours, DEFAULT)
     assert sorted(order.tolist()) == list(range(100)) and scores.dtype == np.float32 and len(scores) == 100
-    again = rerank(query * 3, candidates * 0.5, DEFAULT)  # lengths do not matter: everything is made unit
+    again = rerank(query * 3, candidates * 0.5, neighbours * 2, DEFAULT)  # lengths do not matter: all made unit
     assert (again[0] == order).all() and np.allclose(again[1], scores, atol=1e-6)
     assert np.all(scores <= 1 + 1e-6) and np.all(scores >= -1 - 1e-6)
 
@@ -71,28 +98,37 @@ def test_the_order_is_a_permutation_of_the_shortlist_in_float32_and_deterministi
 def test_a_batch_answers_exactly_as_single_queries():
     rng = np.random.default_rng(1)
     queries, candidates = rng.normal(size=(8, 16)), rng.normal(size=(8, 30, 16))
-    orders, scores = rerank_many(queries, candidates, RerankSettings(3, 3.0, 30))
+    neighbours = rng.normal(size=(8, 30, 3, 16))
+    orders, scores = rerank_many(queries, candidates, neighbours, RerankSettings(3, 3.0, 30))
     for i in range(8):
-        order, score = rerank(queries[i], candidates[i], RerankSettings(3, 3.0, 30))
+        order, score = rerank(queries[i], candidates[i], neighbours[i], RerankSettings(3, 3.0, 30))
         assert (order == orders[i]).all() and (score == scores[i]).all()
 
 
-def test_alpha_zero_averages_and_a_whole_shortlist_average_keeps_the_stores_order():
-    """alpha = 0 weighs every neighbour 1: with k >= N - 1 each candidate becomes the mean of the
-    whole shortlist, so all tie and the stable sort keeps the store's order."""
-    rng = np.random.default_rng(2)
-    candidates = rng.normal(size=(6, 8)).astype(np.float32)
-    order, scores = rerank(rng.normal(size=8), candidates, RerankSettings(5, 0.0, 10))
-    assert order.tolist() == list(range(6)) and np.ptp(scores) < 1e-6
+@pytest.mark.parametrize("k, alpha", [(1, 1.0), (3, 0.0), (3, 1.0), (5, 0.5)])
+def test_random_galleries_score_as_the_loop_by_loop_reading(k, alpha):
+    """A photo from outside the gallery, and a gallery row as the query (more like this): the row
+    then is in its neighbours' pools once, as the query, not twice."""
+    rng = np.random.default_rng(k)
+    gallery = rng.normal(size=(40, 8)).astype(np.float32) + 2 * np.eye(8, dtype=np.float32)[np.arange(40) % 4]
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    for query, rows in ((rng.normal(size=8).astype(np.float32), list(range(10, 30))), (gallery[5], list(range(6, 26)))):
+        neighbours = nearest_others(gallery, rows, k)
+        order, scores = rerank(query, gallery[rows], neighbours, RerankSettings(k, alpha, 30))
+        np.testing.assert_allclose(scores, by_the_book(query, gallery, rows, k, alpha)[order], atol=1e-5)
 
 
-def test_short_shortlists_are_handled():
-    assert [len(part) for part in rerank(QUERY, np.zeros((0, 4), np.float32), DEFAULT)] == [0, 0]
+def test_short_shortlists_and_small_galleries_are_handled():
+    empty = rerank(QUERY, np.zeros((0, 4), np.float32), np.zeros((0, 3, 4), np.float32), DEFAULT)
+    assert [len(part) for part in empty] == [0, 0]
     one = decoy_and_cluster()[:1]
-    order, scores = rerank(QUERY, one, DEFAULT)  # one candidate: no neighbours; the query moves towards it
-    expected = by_the_book(QUERY, one, DEFAULT.k, DEFAULT.alpha)[0]
+    order, scores = rerank(QUERY, one, np.zeros((1, 0, 4), np.float32), DEFAULT)  # a gallery of one row
+    expected = by_the_book(QUERY, one, [0], DEFAULT.k, DEFAULT.alpha)[0]
     assert order.tolist() == [0] and scores[0] == pytest.approx(expected, abs=1e-5)
-    order, _ = rerank(QUERY, decoy_and_cluster()[:2], RerankSettings(8, 3.0, 100))  # k larger than N
+    padded = rerank(QUERY, one, np.zeros((1, DEFAULT.k, 4), np.float32), DEFAULT)  # zero vectors add nothing
+    assert padded[0].tolist() == [0] and padded[1][0] == pytest.approx(expected, abs=1e-5)
+    two = decoy_and_cluster()[:2]
+    order, _ = rerank(QUERY, two, nearest_others(two, [0, 1], 1), RerankSettings(8, 3.0, 100))  # k past the gallery
     assert sorted(order.tolist()) == [0, 1]
 
 

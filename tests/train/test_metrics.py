@@ -72,7 +72,8 @@ def test_quaterions_own_sampler_misses_self_matches():
 
 def test_reranked_sampler_puts_each_shortlist_first_in_the_order_core_rerank_gives():
     """train.evaluate --rerank: each query's top-S (itself left out) comes first, ordered by
-    core/rerank.py exactly as a store serves it; the rest keep their raw order, the query last."""
+    core/rerank.py exactly as a store serves it (each row's nearest others as its neighbours, the
+    query not among them); the rest keep their raw order, the query last."""
     import numpy as np
 
     from core.rerank import RerankSettings, rerank
@@ -92,7 +93,12 @@ def test_reranked_sampler_puts_each_shortlist_first_in_the_order_core_rerank_giv
         similarity = unit @ unit[query]
         similarity[query] = -np.inf
         raw = np.argsort(-similarity, kind="stable")
-        order, _ = rerank(unit[query], unit[raw[:6]], settings)
+        around = []
+        for row in raw[:6]:  # its 2 nearest other rows, the query left out (a photo from outside)
+            others = unit @ unit[row]
+            others[[row, query]] = -np.inf
+            around.append(unit[np.argsort(-others, kind="stable")[:2]])
+        order, _ = rerank(unit[query], unit[raw[:6]], np.stack(around), settings)
         ranked = torch.argsort(distances[query], stable=True).numpy()
         assert ranked[:6].tolist() == raw[:6][order].tolist()
         assert set(ranked[6:-1].tolist()) == set(raw[6:-1].tolist()) and ranked[-1] == query
