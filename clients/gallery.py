@@ -26,9 +26,7 @@ from clients.api import ClientError
 from clients.search import ProjectedIndex, exact_top_k
 from clients.metadata import Condition, row_metadata, updated_row
 from clients.grouping import check_group_field, grouped_search, groups_of_search
-from clients.store import (
-    Hit, UnknownRow, check_examples, others_nearest, recommend_query, reranked, version_mismatch,
-)  # fmt: skip
+from clients.store import Hit, UnknownRow, check_examples, recommend_query, reranked, version_mismatch
 from core.files import write_file_atomic
 from core.rerank import RerankSettings
 
@@ -155,14 +153,22 @@ class Gallery:
         """Each hit's k nearest other rows (exact; clients.store.GalleryStore.neighbours). The
         rows' neighbour indices are kept until the gallery changes: a row shortlisted again costs
         nothing, a new one a [1, N] product."""
-        rows = [self._row_index(hit.id) for hit in hits]
-        missing = [i for i, row in enumerate(rows) if (row, k) not in self._nearest]
+        rows = np.array([self._row_index(hit.id) for hit in hits], dtype=np.int64)
+        missing = [i for i, row in enumerate(rows) if (int(row), k) not in self._nearest]
         if missing:
             indices, _ = exact_top_k(self.embeddings, np.asarray(vectors, np.float32)[missing], k + 1)
             for i, found in zip(missing, indices, strict=True):
-                self._nearest[rows[i], k] = found
-        found = [[(str(j), self.embeddings[j]) for j in self._nearest[row, k]] for row in rows]
-        return others_nearest([str(row) for row in rows], found, k, self.dim)
+                self._nearest[int(rows[i]), k] = found
+        result = np.zeros((len(rows), k, self.dim), dtype=np.float32)
+        if len(rows) == 0:
+            return result
+        found = np.stack([self._nearest[int(row), k] for row in rows])  # [n, min(k + 1, N)], itself among them
+        others = found != rows[:, None]
+        first = np.argsort(~others, axis=1, kind="stable")[:, :k]  # the others first, in their order
+        picked, real = np.take_along_axis(found, first, 1), np.take_along_axis(others, first, 1)
+        result[:, : picked.shape[1]] = self.embeddings[picked]
+        result[:, : picked.shape[1]][~real] = 0.0  # a gallery of k rows or fewer: itself was picked
+        return result
 
     def _row_index(self, row_id: str) -> int:
         if self._positions is None:  # built once per gallery version

@@ -158,6 +158,8 @@ class EnsembleEncoder(Encoder):
             images = canvas
             if tuple(canvas.shape[-2:]) != own.shape:
                 images = F.interpolate(canvas, size=own.shape, mode=own.interpolation, antialias=True)
+                if canvas.is_contiguous(memory_format=torch.channels_last):  # keep the embedder's faster layout
+                    images = images.contiguous(memory_format=torch.channels_last)
             mean = torch.tensor(own.mean, device=canvas.device, dtype=images.dtype).view(1, 3, 1, 1)
             std = torch.tensor(own.std, device=canvas.device, dtype=images.dtype).view(1, 3, 1, 1)
             own_features = member((images - mean) / std).float()

@@ -19,8 +19,11 @@ made unit length:
    each weighted max(cos, 0) ** alpha. The query moves towards what it most likely is.
 3. Each candidate's re-rank score is cos(q', its augmented vector); the shortlist is ordered by it.
 
-alpha = 0 weighs every neighbour 1 (plain average DBA / average QE); a large alpha all but
-ignores neighbours that are not very close. A gallery with fewer than k other rows pads the
+Why the gallery's neighbours and not the shortlist's alone: a candidate's look-alikes may be too
+far from the query to be shortlisted, and they are what shows a near-looking photo to be another
+model (docs/quality.md: shortlist-only DBA gained about half as much). alpha = 0 weighs every
+neighbour 1 (plain average DBA / average QE); a large alpha all but ignores neighbours that are
+not very close. A gallery with fewer than k other rows pads the
 neighbours with zero vectors, which add nothing. Ties keep the store's order (stable sorts), so
 the result is deterministic. Scores a store returns stay the raw cosines: calibrated match levels
 and `min_score` keep their meaning; the re-rank score only orders.
@@ -58,8 +61,10 @@ class RerankSettings:
 
 
 # Chosen on makes held out inside the training side (docs/quality.md, `python -m bench.backbone_folds
-# --rerank --rerank-k ... --rerank-alpha ...` on the CPU default): the highest R-precision whose
-# P@1 is not below the plain search's. One place: the stores, the search page and evaluation.
+# --rerank --rerank-k ... --rerank-alpha ... --rerank-shortlist ...` on the CPU default): the highest
+# R-precision whose P@1 is not below the plain search's; 300 is the longest shortlist tried (each
+# shortlisted row costs a neighbour lookup: bench/rerank_cost.py). One place: the stores, the search
+# page and evaluation.
 DEFAULT = RerankSettings(k=8, alpha=0.5, shortlist=300)
 
 
@@ -74,17 +79,22 @@ def _weights(similarities: np.ndarray, alpha: float) -> np.ndarray:
     return np.maximum(similarities, np.float32(0)) ** np.float32(alpha)
 
 
-def augment(candidates: np.ndarray, pools: np.ndarray, settings: RerankSettings) -> np.ndarray:
+def augment(
+    candidates: np.ndarray, pools: np.ndarray, settings: RerankSettings, excluded: np.ndarray | None = None
+) -> np.ndarray:
     """DBA: candidates [..., N, dim] and each one's pool of possible neighbours [..., N, m, dim]
-    (zero rows: no one) -> the candidates [..., N, dim], each the unit sum of itself and its k
-    nearest in its pool weighted max(cos, 0) ** alpha. No query is involved, so evaluation
-    augments a whole gallery once (train/metrics.py)."""
+    (zero rows: no one; `excluded` [..., N, m]: left out) -> the candidates [..., N, dim], each
+    the unit sum of itself and its k nearest in its pool weighted max(cos, 0) ** alpha. No query
+    is involved, so evaluation augments a whole gallery once (train/metrics.py)."""
     candidates, pools = _unit(candidates), _unit(pools)
     similarity = np.einsum("...nd,...nmd->...nm", candidates, pools)
-    nearest = np.argsort(-similarity, axis=-1, kind="stable")[..., : settings.k]
-    chosen = np.take_along_axis(pools, nearest[..., None], axis=-2)
-    weights = _weights(np.take_along_axis(similarity, nearest, axis=-1), settings.alpha)
-    return _unit(candidates + np.einsum("...nk,...nkd->...nd", weights, chosen))
+    weights = _weights(similarity, settings.alpha)
+    if excluded is not None:
+        similarity[excluded], weights[excluded] = -np.inf, 0.0
+    if pools.shape[-2] > settings.k:  # all but the k nearest weigh nothing (no copy of the vectors)
+        beyond = np.argsort(-similarity, axis=-1, kind="stable")[..., settings.k :]
+        np.put_along_axis(weights, beyond, np.float32(0), axis=-1)
+    return _unit(candidates + np.einsum("...nm,...nmd->...nd", weights, pools))
 
 
 def expand_and_score(
@@ -119,11 +129,12 @@ def rerank_many(
         return np.zeros((batch, 0), dtype=np.int64), np.zeros((batch, 0), dtype=np.float32)
     dim = candidates.shape[-1]
     neighbours = np.asarray(neighbours, dtype=np.float32)
-    neighbours = _unit(neighbours.reshape(batch, n, neighbours.size // (batch * n * dim), dim)[:, :, : settings.k])
-    twins = np.einsum("bnkd,bd->bnk", neighbours, queries) > np.float32(1 - 1e-6)
-    neighbours = np.where(twins[..., None], np.float32(0), neighbours)  # no one, rather than the query twice
+    neighbours = neighbours.reshape(batch, n, neighbours.size // (batch * n * dim), dim)[:, :, : settings.k]
     pools = np.concatenate([neighbours, np.broadcast_to(queries[:, None, None, :], (batch, n, 1, dim))], axis=2)
-    return expand_and_score(queries, augment(candidates, pools, settings), settings)
+    twins = np.zeros(pools.shape[:3], dtype=bool)  # a neighbour that is the query itself: counted once, as the query
+    lengths = np.linalg.norm(neighbours, axis=-1)
+    twins[:, :, :-1] = np.einsum("bnkd,bd->bnk", neighbours, queries) > np.float32(1 - 1e-6) * lengths
+    return expand_and_score(queries, augment(candidates, pools, settings, twins), settings)
 
 
 def rerank(

@@ -162,6 +162,8 @@ def test_small_classes_validate_on_two_images_or_none(small_data, tmp_path):
         (["--workers", "4"], "--loader-workers would do nothing here"),  # the old spelling still works
         (["--no-cache", "--cache-batch-size", "8"], "--cache-batch-size would do nothing here"),
         (["--overwrite", "--resume"], "pass one of them"),
+        (["--feature-power", "0.6"], "--feature-power would do nothing here: it applies to an ensemble's members"),
+        (["--feature-power", "0"], "--feature-power must be in (0, 1], got 0.0"),
     ],
 )
 def test_flags_that_would_do_nothing_are_refused_by_name(capsys, small_data, tmp_path, extra, message):
@@ -177,6 +179,7 @@ def test_the_same_flags_are_accepted_where_they_act(small_data, tmp_path):
         ["--sampler", "balanced", "--images-per-class", "8"],
         ["--trainable-blocks", "1", "--backbone-lr", "1e-3"],
         ["--no-cache", "--workers", "0"],
+        ["--backbone", "resnet18+resnet18", "--feature-power", "0.5"],
     ):
         config = TrainConfig.from_argv(base + extra)
         assert {"data", "run", "backbone"} <= config.user_set and "lr" not in config.user_set  # --out: --run's alias
