@@ -21,12 +21,12 @@ gets a one-line error naming the lock. Needs `pip install -r requirements/client
 from __future__ import annotations
 
 import json
-from functools import partial
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse

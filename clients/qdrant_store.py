@@ -38,13 +38,13 @@ RETRY_AFTER_MAX_S), as an upsert is idempotent, then fails with one line. Needs
 from __future__ import annotations
 
 import ipaddress
-from functools import partial
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 
