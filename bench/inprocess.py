@@ -37,6 +37,8 @@ from bench.common import (
     table,
     write_json,
 )
+from core.huge_pages import VARIABLE as HUGE_PAGES
+from core.huge_pages import huge_pages_requested
 from serve.embedder import Embedder, InvalidImage, decode_image
 
 # What each --ablate step switches on, on top of the previous ones (baseline: PIL, float32, NCHW).
@@ -236,6 +238,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     run, bodies, source = run_and_photos(args)
+    state = "on" if huge_pages_requested() else "off"
+    print(f"huge pages for torch's CPU tensors: {state} ({HUGE_PAGES}=0 or 1 before the command compares)")
     if args.ablate is None:
         steps = [("default", {})]
     else:

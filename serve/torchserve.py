@@ -25,6 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from core.errors import UsageError
+from core.huge_pages import VARIABLE as HUGE_PAGES
 
 MODEL = "cars"
 BASE_MODEL = "cars-base"  # the untuned network, served beside MODEL when its archive is in the store
@@ -245,6 +246,7 @@ class TorchServe:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.extra_env, "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir)}
         env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(self.properties)))
+        env.setdefault(HUGE_PAGES, "1")  # the workers' tensors on huge pages: core/huge_pages.py
         # torchserve refuses to start while the one in $TMPDIR/.model_server.pid runs: a TMPDIR of its own.
         env["TMPDIR"] = str(self.workdir)
         command = [find_tool("torchserve"), "--ts-config", str(self.config), "--ncs", "--foreground"]

@@ -6,4 +6,8 @@ load time lives in `core/`, which serving ships without this package.
 """
 
 
-from train import compat  # noqa: F401  (first: makes `import quaterion` work on torch >= 2.x)
+from core.huge_pages import use_huge_pages
+
+use_huge_pages()  # before any tensor exists: PyTorch reads the setting once (core/huge_pages.py)
+
+from train import compat  # noqa: E402, F401  (before any quaterion import: makes `import quaterion` work on torch >= 2.x)

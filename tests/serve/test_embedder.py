@@ -61,6 +61,14 @@ def test_embeddings_equal_the_servables_own_encode(tiny_run):
     assert embedder.embed([]).shape == (0, embedder.dim)
 
 
+def test_a_cpu_embeds_in_chunks_of_eight_and_chunking_changes_no_vector(tiny_run):
+    embedder = Embedder.load(tiny_run)
+    assert embedder.batch_size == 8  # serve/embedder.py's default_batch_size on a CPU
+    images = [photo(seed=s) for s in range(19)]  # two full chunks and a partial one
+    whole = Embedder.load(tiny_run, batch_size=19).embed(images)
+    assert np.allclose(embedder.embed(images), whole, atol=1e-5)
+
+
 def test_serving_decode_matches_training_decode(tiny_run, tmp_path):
     """Same bytes -> same pixels in training (load_image from a file) and serving (decode_image)."""
     for name, body in valid_images().items():

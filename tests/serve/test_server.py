@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import zipfile
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -124,3 +125,35 @@ def test_concurrent_requests_are_batched_and_bad_items_fail_alone(server):
     metrics = requests.get(f"{server['urls']['metrics']}/metrics", timeout=5).text
     sizes = [float(v) for v in re.findall(r'^BatchSize\{[^}]*ModelName="cars"[^}]*\} ([0-9.]+)$', metrics, re.M)]
     assert sizes and max(sizes) > 1, metrics[-2000:]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (TorchServe's Java frontend starts the Python workers)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def test_workers_run_with_huge_pages_and_their_share_of_the_cores(server):
+    environments = []
+    for pid in descendants(server["pid"]):
+        try:
+            if b"model_service_worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                entries = Path(f"/proc/{pid}/environ").read_text().split("\0")
+                environments.append(dict(entry.split("=", 1) for entry in entries if "=" in entry))
+        except OSError:
+            continue
+    assert environments, "no TorchServe worker process found below the server"
+    for environment in environments:
+        assert environment.get("THP_MEM_ALLOC_ENABLE") == "1"  # core/huge_pages.py
+        assert environment.get("OMP_NUM_THREADS", "").isdigit()
