@@ -1,6 +1,6 @@
 """What re-ranking costs a search in the file store (clients/gallery.py), against the plain search.
 
-    python -m bench.rerank_cost [--sizes 4052,100000] [--dim 2560] [--queries 20] [--json FILE]
+    python -m bench.rerank_cost [--sizes 4052,100000] [--dim 3840] [--queries 20] [--json FILE]
 
 A re-ranked search (core/rerank.py DEFAULT) takes the store's top `shortlist` rows and, for each,
 its k nearest rows of the whole gallery: a [shortlist, N] product the first time a row is
@@ -55,7 +55,7 @@ def measure(size: int, dim: int, queries: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=parse_list, default=[4052, 100_000], help="gallery rows")
-    parser.add_argument("--dim", type=int, default=2560, help="embedding dimension (the CPU default's: 2560)")
+    parser.add_argument("--dim", type=int, default=3840, help="embedding dimension (the CPU default's: 3840)")
     parser.add_argument("--queries", type=int, default=20, help="queries timed (default: %(default)s)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)

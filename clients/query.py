@@ -1,9 +1,11 @@
 """Find the gallery cars most similar to an image.
 
-    python clients/query.py car.jpg [--top-k 5] [--gallery galleries/gallery.npz] [--json] [--show out.png]
+    python clients/query.py car.jpg [--top-k 5] [--gallery galleries/gallery.npz] [--rerank] [--json] [--show out.png]
 
-Embeds IMAGE through the server and ranks the gallery by exact cosine similarity. Refuses a
-gallery built with another model version than the server's.
+Embeds IMAGE through the server and ranks the gallery by exact cosine similarity; `--rerank`
+orders the best 300 as the search service does by default (core/rerank.py: each row and the
+query averaged with their gallery neighbours), the printed score staying the raw similarity.
+Refuses a gallery built with another model version than the server's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from clients.api import DEFAULT_URL, ClientError, EmbeddingClient, ImageRejected
 from clients.cli import add_api_key_argument, run_cli
 from clients.metadata import Condition, parse_where
 from clients.store import DEFAULT_GALLERY, open_store
+from core.rerank import DEFAULT as RERANK_SETTINGS
+from core.rerank import RerankSettings
 
 
 def check_image(image: Path) -> None:
@@ -28,7 +32,10 @@ def check_image(image: Path) -> None:
         raise ClientError(f"image not found: {image}")
 
 
-def query(image: Path, gallery, client: EmbeddingClient, top_k: int, where: tuple[Condition, ...] = ()) -> dict:
+def query(
+    image: Path, gallery, client: EmbeddingClient, top_k: int, where: tuple[Condition, ...] = (),
+    rerank: RerankSettings | None = None,
+) -> dict:  # fmt: skip
     check_image(image)
     try:
         embedding = client.embed(image.read_bytes())
@@ -37,12 +44,16 @@ def query(image: Path, gallery, client: EmbeddingClient, top_k: int, where: tupl
     gallery.check_version(embedding.model_version, client.url)
     # The query's own file, if it is in the gallery, is not a result: it would always rank first.
     itself = str(image.resolve())
-    hits = [hit for hit in gallery.search(embedding.vector, top_k + 1, where) if hit.path != itself]
+    hits = [hit for hit in gallery.search(embedding.vector, top_k + 1, where, rerank=rerank) if hit.path != itself]
     results = [
         {**hit.metadata, "rank": rank, "score": round(hit.score, 4), "label": hit.label, "path": hit.path}
         for rank, hit in enumerate(hits[:top_k], start=1)
     ]
-    answer = {"query": str(image), "model_version": embedding.model_version, "results": results}
+    if rerank is not None:  # what ordered them (None past the shortlist), as the search API answers
+        for result, hit in zip(results, hits, strict=False):
+            result["rerank_score"] = None if hit.rerank_score is None else round(hit.rerank_score, 4)
+    answer = {"query": str(image), "model_version": embedding.model_version, "rerank": rerank is not None,
+              "results": results}  # fmt: skip
     return {**answer, "where": [str(c) for c in where]} if where else answer
 
 
@@ -72,6 +83,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--compare", metavar="GALLERY", help="also search this gallery (e.g. of the base model) and show both"
     )
     parser.add_argument("--compare-url", help="the endpoint of the model that built --compare (default: --url)")
+    parser.add_argument(
+        "--rerank", action="store_true",
+        help=f"re-rank the best {RERANK_SETTINGS.shortlist} with their gallery neighbours (the search page's default)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PNG", help="also draw the query and its results into this picture")
     return add_common_flags(parser, quiet=False)
@@ -85,10 +100,13 @@ def main(argv: list[str] | None = None) -> dict:
     where = tuple(parse_where(text) for text in args.where)
     gallery = open_store(args.gallery)
     other = open_store(args.compare) if args.compare else None
-    answer = query(Path(args.image), gallery, EmbeddingClient(args.url, api_key=args.api_key), args.top_k, where)
+    rerank = RERANK_SETTINGS if args.rerank else None
+    client = EmbeddingClient(args.url, api_key=args.api_key)
+    answer = query(Path(args.image), gallery, client, args.top_k, where, rerank)
     if other is not None:
         client = EmbeddingClient(args.compare_url or args.url, api_key=args.api_key)
-        answer["compare"] = {"gallery": args.compare, **query(Path(args.image), other, client, args.top_k, where)}
+        compared = query(Path(args.image), other, client, args.top_k, where, rerank)
+        answer["compare"] = {"gallery": args.compare, **compared}
     if args.show:
         from clients.picture import draw_results
 

@@ -123,7 +123,7 @@ class TrainConfig:
     recipe: str = option(
         "training",
         "named settings, scaled to the backbone (flags you set win): ensemble = frozen MobileNetV2 + "
-        "EfficientNet-Lite2 side by side on wide inputs, whitened jointly; whitened = frozen MobileNetV2, "
+        "EfficientNet-Lite0 + -Lite2 side by side on wide inputs, whitened jointly; whitened = frozen MobileNetV2, "
         "mirror-averaged features and a learned whitening fitted in one pass; seed = Quaterion's tutorial (frozen "
         "backbone); seed-336 = at 336 px; seed-views = with 4 cached augmented views per image; finetune = the "
         f"top third fine-tuned on cached augmented views; full = every stage on fresh views with Proxy-Anchor and "

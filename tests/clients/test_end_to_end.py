@@ -137,6 +137,24 @@ def test_qdrant_embedded_store_returns_the_same_top_k(server, images, gallery, t
     assert [r["score"] for r in from_qdrant] == pytest.approx([r["score"] for r in from_file], abs=1e-3)
 
 
+def test_rerank_orders_as_the_store_re_ranks_and_keeps_raw_scores(server, images, gallery):
+    from clients.api import EmbeddingClient
+    from core.rerank import DEFAULT
+
+    image = sorted((images / "synthetic_red_circle").iterdir())[1]
+    result = query(server, image, gallery, "--json", "--rerank", "--top-k", "8")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    vector = EmbeddingClient(server["url"]).embed(image.read_bytes()).vector
+    itself = str(image.resolve())
+    expected = [hit for hit in Gallery.load(Path(gallery)).search(vector, 9, rerank=DEFAULT) if hit.path != itself][:8]
+    assert answer["rerank"] is True
+    assert [r["path"] for r in answer["results"]] == [hit.path for hit in expected]
+    assert [r["score"] for r in answer["results"]] == pytest.approx([hit.score for hit in expected], abs=1e-3)
+    assert all(r["rerank_score"] is not None for r in answer["results"])
+    assert json.loads(query(server, image, gallery, "--json").stdout)["rerank"] is False
+
+
 def test_client_errors_are_one_line_and_exit_2(server, images, gallery, tmp_path):
     image = sorted((images / "synthetic_red_circle").iterdir())[0]
     (tmp_path / "notes.jpg").write_text("not an image")
