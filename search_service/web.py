@@ -96,7 +96,7 @@ SEARCH_THREADS = 32  # searches in flight at once (each waits on TorchServe most
 THUMB_SIZES = (128, 256, 512)
 THUMB_CACHE = 512  # thumbnails kept in memory
 # Whether a search re-ranks when it does not say (`rerank=`; --rerank / --no-rerank): on, as measured
-# on unseen makes (docs/quality.md: R-precision x1.28 and MAP@R x1.51 for the CPU default, P@1 kept).
+# on unseen makes (docs/quality.md: R-precision x1.29 and MAP@R x1.51 for the CPU default, P@1 kept).
 RERANK = True
 # The page loads nothing from elsewhere: everything it needs is inline or from this server.
 PAGE_POLICY = "default-src 'self'; img-src 'self' blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
