@@ -5,9 +5,9 @@ large with fresh pages from the kernel (mmap, or heap it has trimmed back) and r
 they are freed, so every forward pass faults its activations in again, 4 KB at a time, each page
 zeroed: on the 2-core VM the kernel's CPU time came to two thirds of the network's.
 With THP_MEM_ALLOC_ENABLE=1, PyTorch aligns allocations of 2 MB and more to huge pages and
-madvises them, one fault per 2 MB: the CPU default served 1.5x the images/s at batch 8 and 2x at
-batch 32 (docs/quality.md, "Speed"). Where the kernel has transparent huge pages off, the variable does
-nothing and nothing breaks.
+madvises them, one fault per 2 MB: MobileNetV2 + EfficientNet-Lite2 served 1.5x the images/s at
+batch 8 and 2x at batch 32 (docs/quality.md, "Speed"). Where the kernel has transparent huge pages
+off, the variable does nothing and nothing breaks.
 
 PyTorch reads the variable once, at its first CPU allocation, so it must be in the environment
 before any tensor exists: the `train`, `serve` and `bench` packages call `use_huge_pages()` first

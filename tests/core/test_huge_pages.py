@@ -40,12 +40,15 @@ def kernel_mode() -> str:
 
 
 @pytest.mark.skipif(kernel_mode() not in ("madvise", "always"), reason="the kernel has no transparent huge pages")
-def test_a_large_tensor_lands_on_huge_pages_only_when_asked():
+def test_a_large_tensor_lands_on_huge_pages_when_asked():
     # 64 MB written through, then the process's anonymous huge pages counted (kB).
     code = (
         "import serve, torch\n"
         "t = torch.ones(64 << 20, dtype=torch.uint8)\n"
         "print(sum(int(line.split()[1]) for line in open('/proc/self/smaps') if line.startswith('AnonHugePages:')))"
     )
-    on, off = int(run_python(code, None)), int(run_python(code, "0"))
-    assert on >= off + 32 * 1024, (on, off)
+    on = int(run_python(code, None))
+    assert on >= 32 * 1024, on
+    if kernel_mode() == "madvise":  # huge pages only where asked for ("always" gives them to everyone)
+        off = int(run_python(code, "0"))
+        assert on >= off + 32 * 1024, (on, off)
