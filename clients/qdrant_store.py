@@ -423,14 +423,17 @@ class QdrantGallery:
         """The server's nearest rows passing `where`; `rerank` re-ranks its top shortlist, fetched
         with their vectors (clients.store.reranked)."""
         query = np.asarray(query, np.float32).reshape(-1)
-        rescore = None
-        if self.quantization == "int8":
-            rescore = models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
-        common = {"query": query.tolist(), "query_filter": to_filter(where),
-                  "search_params": models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore)}  # fmt: skip
+        common = {"query": query.tolist(), "query_filter": to_filter(where), "search_params": self._search_params()}
         if rerank is not None:
             return reranked(partial(self._query, vectors=True, **common), self.neighbours, query, top_k, rerank)
         return self._query(top_k, **common)[0]
+
+    def _search_params(self) -> models.SearchParams:
+        """HNSW breadth, and with int8 vectors a rescoring of the oversampled candidates in float32."""
+        rescore = None
+        if self.quantization == "int8":
+            rescore = models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
+        return models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore)
 
     def _query(self, limit: int, vectors: bool = False, **query) -> tuple[list[Hit], np.ndarray | None]:
         """The best `limit` points of one query, as hits, and their stored vectors when asked."""
@@ -449,10 +452,7 @@ class QdrantGallery:
         near the query has its neighbours near it too), so that few vectors cross the network."""
         if len(hits) == 0:
             return np.zeros((0, k, self.dim), np.float32)
-        rescore = None
-        if self.quantization == "int8":
-            rescore = models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
-        params = models.SearchParams(hnsw_ef=HNSW_EF, quantization=rescore)
+        params = self._search_params()
         vectors = np.asarray(vectors, np.float32)
         requests = [models.QueryRequest(query=v.tolist(), limit=k + 1, with_vector=False, with_payload=False,
                                         params=params) for v in vectors]  # fmt: skip

@@ -143,9 +143,7 @@ def rerank(
     """One query [dim], its shortlist [N, dim], best first by the store, and each shortlisted
     row's gallery neighbours [N, k', dim] -> (order [N], scores [N]): the shortlist's positions
     in re-ranked order, and their re-rank scores."""
-    candidates = np.asarray(candidates, dtype=np.float32)
     dim = np.asarray(query).shape[-1]
-    candidates = candidates.reshape(1, -1, dim)
-    neighbours = np.asarray(neighbours, dtype=np.float32)
+    candidates = np.asarray(candidates, dtype=np.float32).reshape(1, -1, dim)
     order, scores = rerank_many(np.asarray(query)[None, :], candidates, neighbours, settings)
     return order[0], scores[0]
